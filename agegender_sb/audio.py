@@ -1,0 +1,277 @@
+"""Audio in: reading files, mixing to mono, resampling, validation and normalisation.
+
+Everything that turns a file or a user's tensor into what the encoder expects lives here:
+16 kHz mono float32, at least :data:`MIN_SAMPLES` long, finite, and normalised per utterance
+to zero mean and unit variance exactly as transformers' ``Wav2Vec2FeatureExtractor`` does
+(``do_normalize=True``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+
+__all__ = [
+    "SAMPLE_RATE",
+    "MIN_SAMPLES",
+    "NORM_EPS",
+    "AudioError",
+    "read_audio",
+    "load_audio",
+    "to_mono_16k",
+    "validate_batch",
+    "relative_to_samples",
+    "normalize",
+    "UtteranceNormalizer",
+]
+
+#: Sample rate the model was trained on.
+SAMPLE_RATE = 16000
+#: The convolutional feature encoder's receptive field: shorter inputs yield no frame.
+MIN_SAMPLES = 400
+#: Epsilon of ``Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm``.
+NORM_EPS = 1e-7
+
+
+class AudioError(ValueError):
+    """Input audio that cannot be analysed; the message names the file or argument."""
+
+
+def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Read any file soundfile can read, as float32 ``[time, channels]``.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Audio file (WAV with integer or float samples, FLAC, OGG, NIST SPHERE, ...).
+        The format is taken from the file's header, not its name.
+
+    Returns
+    -------
+    data : numpy.ndarray
+        ``[time, channels]`` float32 samples in [-1, 1] for integer formats.
+    sample_rate : int
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    AudioError
+        If the file is not readable audio or holds no samples.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a directory, not an audio file")
+    try:
+        data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+        raise AudioError(f"{path}: not a readable audio file ({err})") from err
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: the file contains no audio samples")
+    return data, int(sample_rate)
+
+
+def to_mono_16k(
+    data: np.ndarray | torch.Tensor, sample_rate: int, name: str = "audio"
+) -> torch.Tensor:
+    """Average channels and resample to 16 kHz (torchaudio's windowed sinc).
+
+    Parameters
+    ----------
+    data : numpy.ndarray or torch.Tensor
+        ``[time]`` or ``[time, channels]`` samples.
+    sample_rate : int
+        Sample rate of ``data``.
+    name : str
+        Name used in error messages (a file path, or an argument name).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[time]`` float32 mono signal at :data:`SAMPLE_RATE`.
+
+    Example
+    -------
+    >>> x = torch.zeros(8000, 2)
+    >>> to_mono_16k(x, 8000).shape
+    torch.Size([16000])
+    """
+    wav = torch.as_tensor(data, dtype=torch.float32)
+    if wav.dim() == 2:
+        wav = wav.mean(dim=1)
+    elif wav.dim() != 1:
+        raise AudioError(
+            f"{name}: expected [time] or [time, channels], got shape {tuple(wav.shape)}"
+        )
+    if sample_rate <= 0:
+        raise AudioError(f"{name}: invalid sample rate {sample_rate}")
+    if sample_rate != SAMPLE_RATE:
+        wav = torchaudio.functional.resample(wav, sample_rate, SAMPLE_RATE)
+    return wav
+
+
+def _check_signal(wav: torch.Tensor, name: str) -> None:
+    """Raise :class:`AudioError` for a non-finite or too-short 1-D signal."""
+    if wav.numel() == 0:
+        raise AudioError(f"{name}: the audio contains no samples")
+    if not torch.isfinite(wav).all():
+        bad = int((~torch.isfinite(wav)).sum())
+        raise AudioError(f"{name}: the audio contains {bad} NaN or infinite samples")
+    if wav.shape[-1] < MIN_SAMPLES:
+        raise AudioError(
+            f"{name}: too short: {wav.shape[-1]} samples ({1000 * wav.shape[-1] / SAMPLE_RATE:.1f}"
+            f" ms) at 16 kHz; the encoder needs at least {MIN_SAMPLES} samples (25 ms)"
+        )
+
+
+def load_audio(path: str | os.PathLike) -> torch.Tensor:
+    """Read a file and return the validated 16 kHz mono signal ``[time]``.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Audio file.
+
+    Returns
+    -------
+    torch.Tensor
+        float32 ``[time]`` at 16 kHz, finite and at least 400 samples long.
+
+    Raises
+    ------
+    FileNotFoundError, AudioError
+        With the file's path and the problem in the message.
+    """
+    data, sample_rate = read_audio(path)
+    wav = to_mono_16k(data, sample_rate, name=str(path))
+    _check_signal(wav, str(path))
+    return wav
+
+
+def relative_to_samples(wav_lens: torch.Tensor, max_len: int) -> torch.Tensor:
+    """SpeechBrain relative lengths → absolute sample counts (rounded, as SpeechBrain does).
+
+    Example
+    -------
+    >>> relative_to_samples(torch.tensor([1.0, 0.5]), 1000)
+    tensor([1000,  500])
+    """
+    return torch.round(wav_lens.double() * max_len).long().clamp(max=max_len)
+
+
+def validate_batch(
+    wavs: torch.Tensor, wav_lens: torch.Tensor | None = None, name: str = "wavs"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check a user's batch and return it as ``([batch, time] float32, [batch] relative lengths)``.
+
+    Parameters
+    ----------
+    wavs : torch.Tensor
+        ``[time]`` or ``[batch, time]`` 16 kHz mono signals, zero-padded at the end.
+    wav_lens : torch.Tensor, optional
+        Relative lengths in (0, 1] (SpeechBrain convention); all ones when omitted.
+    name : str
+        Argument name for error messages.
+
+    Raises
+    ------
+    AudioError
+        On a wrong shape, non-float data, bad lengths, NaN/Inf in the valid part, or an
+        utterance shorter than :data:`MIN_SAMPLES`.
+
+    Example
+    -------
+    >>> w, l = validate_batch(torch.zeros(2, 800), torch.tensor([1.0, 0.5]))
+    >>> l.tolist()
+    [1.0, 0.5]
+    """
+    if not isinstance(wavs, torch.Tensor):
+        raise AudioError(f"{name}: expected a torch.Tensor, got {type(wavs).__name__}")
+    if wavs.dim() == 1:
+        wavs = wavs.unsqueeze(0)
+    if wavs.dim() != 2:
+        hint = " (mix channels to mono first)" if wavs.dim() == 3 else ""
+        raise AudioError(f"{name}: expected shape [time] or [batch, time], got "
+                         f"{tuple(wavs.shape)}{hint}")
+    if wavs.is_complex() or not (wavs.is_floating_point()):
+        raise AudioError(f"{name}: expected floating-point samples, got {wavs.dtype}")
+    if wavs.shape[0] == 0:
+        raise AudioError(f"{name}: the batch is empty")
+    if wav_lens is None:
+        wav_lens = torch.ones(wavs.shape[0], device=wavs.device)
+    wav_lens = torch.as_tensor(wav_lens, dtype=torch.float32, device=wavs.device)
+    if wav_lens.shape != (wavs.shape[0],):
+        raise AudioError(f"wav_lens: expected shape [{wavs.shape[0]}] to match {name}, got "
+                         f"{tuple(wav_lens.shape)}")
+    if not torch.isfinite(wav_lens).all() or (wav_lens <= 0).any() or (wav_lens > 1 + 1e-6).any():
+        raise AudioError(f"wav_lens: relative lengths must lie in (0, 1], got {wav_lens.tolist()}")
+    lengths = relative_to_samples(wav_lens, wavs.shape[1])
+    for i, n in enumerate(lengths.tolist()):
+        _check_signal(wavs[i, :n], f"{name}[{i}]")
+    return wavs.float(), wav_lens
+
+
+def normalize(
+    wavs: torch.Tensor, wav_lens: torch.Tensor | None = None, eps: float = NORM_EPS
+) -> torch.Tensor:
+    """Zero mean, unit variance per utterance over its valid samples; padding set to 0.
+
+    Matches ``Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm``:
+    ``(x - mean) / sqrt(var + eps)`` with the population variance. Statistics are
+    accumulated in float64 for accuracy, the result is float32.
+
+    Parameters
+    ----------
+    wavs : torch.Tensor
+        ``[batch, time]``.
+    wav_lens : torch.Tensor, optional
+        ``[batch]`` relative lengths.
+    eps : float
+        Added to the variance.
+
+    Example
+    -------
+    >>> y = normalize(torch.tensor([[1.0, 2.0, 3.0, 0.0]]), torch.tensor([0.75]))
+    >>> [round(v, 4) for v in y[0].tolist()]
+    [-1.2247, 0.0, 1.2247, 0.0]
+    """
+    if wav_lens is None:
+        x = wavs.double()
+        mean = x.mean(dim=1, keepdim=True)
+        var = x.var(dim=1, unbiased=False, keepdim=True)
+        return ((x - mean) / torch.sqrt(var + eps)).to(wavs.dtype)
+    lengths = relative_to_samples(wav_lens, wavs.shape[1]).to(wavs.device)
+    mask = torch.arange(wavs.shape[1], device=wavs.device)[None, :] < lengths[:, None]
+    zero = torch.zeros((), dtype=torch.float64, device=wavs.device)
+    x = torch.where(mask, wavs.double(), zero)  # whatever the padding holds, even NaN
+    count = lengths.clamp(min=1).double()[:, None]
+    mean = x.sum(dim=1, keepdim=True) / count
+    var = torch.where(mask, (x - mean) ** 2, zero).sum(dim=1, keepdim=True) / count
+    return torch.where(mask, (x - mean) / torch.sqrt(var + eps), zero).to(wavs.dtype)
+
+
+class UtteranceNormalizer(torch.nn.Module):
+    """:func:`normalize` as a module, so the YAML can declare it like any other step.
+
+    Example
+    -------
+    >>> norm = UtteranceNormalizer()
+    >>> y = norm(torch.randn(2, 1600) * 5 + 3, torch.tensor([1.0, 0.5]))
+    >>> round(float(y[0].std(unbiased=False)), 3)
+    1.0
+    """
+
+    def __init__(self, eps: float = NORM_EPS):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None) -> torch.Tensor:
+        return normalize(wavs, wav_lens, self.eps)
+
