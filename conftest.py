@@ -11,9 +11,8 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "tests"))
 
+from paths import SPEECHOCEAN  # noqa: E402
 from reference import audeering_config, build_card_model, write_audeering_checkpoint  # noqa: E402
-
-SPEECHOCEAN = Path(__file__).resolve().parents[1] / "shared" / "data" / "speechocean762"
 
 
 @pytest.fixture(scope="session")

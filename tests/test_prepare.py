@@ -22,9 +22,9 @@ if str(RECIPES) not in sys.path:
 
 import prepare as prep  # noqa: E402
 from corpora import common  # noqa: E402
+from paths import SPEECHOCEAN  # noqa: E402
 
 COLUMNS = ["ID", "wav", "start", "stop", "duration", "age", "gender", "speaker"]
-SPEECHOCEAN = Path("/work/shared/data/speechocean762")
 
 
 # ----------------------------------------------------------------------------- helpers
