@@ -166,7 +166,9 @@ class OnnxExportAdapter(nn.Module):
         # Relative lengths (SpeechBrain convention); batch size 1 -> full length.
         wav_lens = torch.ones(wav.shape[0], dtype=wav.dtype, device=wav.device)
         age_raw, gender_logits, emb = self.model(wav, wav_lens)
-        gender = torch.softmax(gender_logits, dim=-1) if self.gender_probabilities else gender_logits
+        gender = gender_logits
+        if self.gender_probabilities:
+            gender = torch.softmax(gender_logits, dim=-1)
         return emb, age_raw.reshape(-1, 1), gender
 
 
