@@ -24,6 +24,7 @@ __all__ = [
     "read_audio",
     "load_audio",
     "to_mono_16k",
+    "check_signal",
     "validate_batch",
     "relative_to_samples",
     "normalize",
@@ -117,8 +118,8 @@ def to_mono_16k(
     return wav
 
 
-def _check_signal(wav: torch.Tensor, name: str) -> None:
-    """Raise :class:`AudioError` for a non-finite or too-short 1-D signal."""
+def check_signal(wav: torch.Tensor, name: str) -> None:
+    """Raise :class:`AudioError` naming ``name`` for an empty, non-finite or too-short signal."""
     if wav.numel() == 0:
         raise AudioError(f"{name}: the audio contains no samples")
     if not torch.isfinite(wav).all():
@@ -151,7 +152,7 @@ def load_audio(path: str | os.PathLike) -> torch.Tensor:
     """
     data, sample_rate = read_audio(path)
     wav = to_mono_16k(data, sample_rate, name=str(path))
-    _check_signal(wav, str(path))
+    check_signal(wav, str(path))
     return wav
 
 
@@ -214,7 +215,7 @@ def validate_batch(
         raise AudioError(f"wav_lens: relative lengths must lie in (0, 1], got {wav_lens.tolist()}")
     lengths = relative_to_samples(wav_lens, wavs.shape[1])
     for i, n in enumerate(lengths.tolist()):
-        _check_signal(wavs[i, :n], f"{name}[{i}]")
+        check_signal(wavs[i, :n], f"{name}[{i}]")
     return wavs.float(), wav_lens
 
 

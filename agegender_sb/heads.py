@@ -29,7 +29,7 @@ class MaskedMeanPooling(torch.nn.Module):
 
     def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``[batch, frames, hidden]`` (+ ``[batch, frames]`` bool mask) → ``[batch, hidden]``."""
-        if frame_mask is None or bool(frame_mask.all()):
+        if frame_mask is None:
             return frames.mean(dim=1)
         weights = frame_mask.to(frames.dtype).unsqueeze(-1)
         return (frames * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.inference.classifiers import EncoderClassifier
 from speechbrain.utils.fetching import FetchConfig, FetchFrom, LocalStrategy, fetch, guess_source
 
-from .audio import load_audio, validate_batch
+from .audio import load_audio, relative_to_samples, validate_batch
 from .checkpoint import (
     ARCH_FIELDS,
     WEIGHT_FILES,
@@ -24,6 +25,7 @@ from .checkpoint import (
     read_config,
     split_audeering_state_dict,
 )
+from .model import ModelOutput
 
 # What "this file is not in that repo" looks like from speechbrain's fetch: its own ValueError,
 # or huggingface_hub's error where speechbrain does not translate it.
@@ -129,6 +131,16 @@ def _fetch_weights(source, savedir, fetch_config, local_strategy) -> Path:
     raise CheckpointError(f"{source}: no weight file could be fetched ({'; '.join(errors)})")
 
 
+def model_fingerprint(module: torch.nn.Module) -> str:
+    """Short hash of a module's tensors (names, shapes and values), for cache file names."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:16]
+
+
 class AgeGenderClassifier(EncoderClassifier):
     """Speaker age and gender from speech, with SpeechBrain's ``EncoderClassifier`` contract.
 
@@ -158,13 +170,41 @@ class AgeGenderClassifier(EncoderClassifier):
     MODULES_NEEDED = ["model"]
     HPARAMS_NEEDED = ["gender_labels", "sample_rate", "age_scale"]
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, backend: str = "torch", onnx_path=None, onnx_threads=None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.labels = tuple(self.hparams.gender_labels)
         self.source_layout = getattr(self.hparams, "source_layout", "speechbrain")
         self.config = getattr(self.hparams, "config", None)
         self.arch_hparams = {k: getattr(self.hparams, k) for k in ARCH_FIELDS
                              if hasattr(self.hparams, k)}
+        if backend not in ("torch", "onnx"):
+            raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+        self.backend = backend
+        self.onnx_session = None
+        if backend == "onnx":
+            self.onnx_session = self._open_onnx(onnx_path, onnx_threads)
+
+    def _open_onnx(self, onnx_path, threads):
+        """Open (exporting first if needed) the ONNX graph of this model."""
+        from .onnx_export import OnnxAgeGender, _import_onnxruntime, export_onnx
+
+        _import_onnxruntime()  # fail early, with the install hint, before a long export
+        if onnx_path is None:
+            folder = Path(getattr(self.hparams, "savedir", None) or
+                          Path.home() / ".cache" / "agegender_sb" / "onnx")
+            onnx_path = folder / f"agegender-{model_fingerprint(self.mods.model)}.onnx"
+        onnx_path = Path(onnx_path)
+        if not onnx_path.is_file():
+            # Our own graph keeps raw logits, so results equal the torch path's.
+            export_onnx(self.mods.model, onnx_path, self.labels, gender_probabilities=False)
+        providers = (["CUDAExecutionProvider", "CPUExecutionProvider"]
+                     if self.device_type == "cuda" else None)
+        session = OnnxAgeGender(onnx_path, providers=providers, threads=threads)
+        if session.labels is not None and session.labels != self.labels:
+            raise CheckpointError(f"{onnx_path}: labels {session.labels} differ from the "
+                                  f"model's {self.labels}")
+        return session
 
     @classmethod
     def from_hparams(
@@ -198,7 +238,12 @@ class AgeGenderClassifier(EncoderClassifier):
             Token, revision, offline mode, ...
         local_strategy : speechbrain.utils.fetching.LocalStrategy
         **kwargs
-            ``run_opts`` (e.g. ``{"device": "cuda"}``), ``freeze_params``.
+            ``run_opts`` (e.g. ``{"device": "cuda"}``, ``{"precision": "bf16"}`` for autocast),
+            ``freeze_params``, and the backend switch: ``backend="onnx"`` runs the model with
+            ONNX Runtime (``pip install "agegender_sb[onnx]"``), exporting it once to
+            ``onnx_path`` (default: ``savedir`` or ``~/.cache/agegender_sb/onnx``, named by a
+            hash of the weights); ``onnx_path`` may also name an existing export, ours or
+            audEERING's; ``onnx_threads`` sets ONNX Runtime's thread count.
 
         Raises
         ------
@@ -251,9 +296,7 @@ class AgeGenderClassifier(EncoderClassifier):
         if normalize:
             raise ValueError("normalize=True: this model has no embedding normaliser")
         wavs, wav_lens = self._batch(wavs, wav_lens)
-        with torch.inference_mode(), self.inference_ctx:
-            emb = self.mods.model.embed(wavs, wav_lens)
-        return emb.float().unsqueeze(1)
+        return self._forward(wavs, wav_lens).embedding.float().unsqueeze(1)
 
     def predict_batch(self, wavs, wav_lens=None) -> AgeGenderPrediction:
         """Age and gender for a batch.
@@ -270,9 +313,18 @@ class AgeGenderClassifier(EncoderClassifier):
         AgeGenderPrediction
         """
         wavs, wav_lens = self._batch(wavs, wav_lens)
-        with torch.inference_mode(), self.inference_ctx:
-            out = self.mods.model(wavs, wav_lens)
+        out = self._forward(wavs, wav_lens)
         return self._prediction(out.age, out.gender_logits, out.embedding)
+
+    def _forward(self, wavs, wav_lens) -> ModelOutput:
+        """The model on a validated batch, with the selected backend."""
+        if self.onnx_session is None:
+            with torch.inference_mode(), self.inference_ctx:
+                return self.mods.model(wavs, wav_lens)
+        lengths = relative_to_samples(wav_lens, wavs.shape[1]).tolist()
+        outs = [self.onnx_session.forward(wavs[i, :n].float().cpu().numpy())
+                for i, n in enumerate(lengths)]
+        return ModelOutput(*(torch.cat(parts) for parts in zip(*outs)))
 
     def _prediction(self, age_raw, gender_logits, embedding) -> AgeGenderPrediction:
         age_raw = age_raw.detach().float().cpu()
