@@ -138,3 +138,18 @@ def test_resampled_and_stereo_file(tmp_path, tiny_card, tiny_checkpoint):
     resampled = torchaudio.functional.resample(mono, 44100, 16000).numpy()
     assert abs(len(resampled) - 16000) <= 1
     assert_matches_reference(clf.predict_file(path), 0, card_process(card, resampled))
+
+
+def test_bf16_autocast_option(tiny_checkpoint):
+    """SpeechBrain's ``precision`` run option autocasts the encoder; outputs stay float32 and
+    close to fp32 (bf16 keeps ~3 significant digits: tolerance 2e-2 here, not 1e-4)."""
+    fp32 = AgeGenderClassifier.from_hparams(source=tiny_checkpoint)
+    bf16 = AgeGenderClassifier.from_hparams(source=tiny_checkpoint,
+                                            run_opts={"precision": "bf16"})
+    wavs = torch.from_numpy(np.stack(_signals(lengths=(16000, 16000))))
+    lens = torch.tensor([1.0, 0.6])
+    a, b = fp32.predict_batch(wavs, lens), bf16.predict_batch(wavs, lens)
+    assert b.age_raw.dtype == torch.float32 and torch.isfinite(b.embedding).all()
+    assert not torch.equal(a.embedding, b.embedding)  # autocast really ran
+    assert torch.allclose(a.age_raw, b.age_raw, atol=2e-2)
+    assert torch.allclose(a.gender_probs, b.gender_probs, atol=2e-2)
