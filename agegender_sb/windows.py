@@ -229,14 +229,21 @@ def iter_windows(
     bounds = plan_windows(n16, window, hop, min_tail)
     orig, new = _ratio(sample_rate)
     margin = 0 if sample_rate == SAMPLE_RATE else _margin_units(orig, new)
-    with sf.SoundFile(str(path)) as fh:
+    try:
+        fh = sf.SoundFile(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+        raise AudioError(f"{path}: not a readable audio file ({err})") from err
+    with fh:
         for start, end in bounds:
             name = f"{path} [{start / SAMPLE_RATE:.2f}-{end / SAMPLE_RATE:.2f} s]"
             unit0 = max(0, start // new - margin)  # block start, in resampler periods
             first = unit0 * orig
             last = min(frames, -(-end * orig // new) + margin * orig)
-            fh.seek(first)
-            block = fh.read(last - first, dtype="float32", always_2d=True)
+            try:
+                fh.seek(first)
+                block = fh.read(last - first, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError) as err:
+                raise AudioError(f"{name}: cannot read this part of the file ({err})") from err
             if block.shape[0] != last - first:
                 raise AudioError(f"{name}: could read only {block.shape[0]} of "
                                  f"{last - first} samples")

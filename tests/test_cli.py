@@ -340,6 +340,14 @@ def test_torchrun_two_processes(corpus, tiny_checkpoint, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dist.csv", "single.csv"]
     file_paths = [r["path"] for r in _file_rows(_read(out))]
     assert file_paths == inputs
+    # --resume under torchrun: an interrupted table (half a line at the end) is completed
+    lines = single.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:5]) + lines[5][:7])  # header, 2 files, part of a row
+    cmd[cmd.index("--master_port") + 1] = str(_free_port())
+    proc = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=_env(),
+                          timeout=300)
+    assert proc.returncode != 0
+    assert out.read_text() == single.read_text()
 
 
 def test_python_m_and_console_entry(corpus, tiny_checkpoint, tmp_path):
