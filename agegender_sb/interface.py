@@ -340,15 +340,36 @@ class AgeGenderClassifier(EncoderClassifier):
             embedding=embedding.detach().float().cpu(),
         )
 
-    def predict_file(self, path) -> AgeGenderPrediction:
+    def predict_file(self, path, window=None, hop=None, max_whole=None) -> AgeGenderPrediction:
         """Age and gender for one audio file (any format soundfile reads, any rate, any channels).
+
+        Files up to ``max_whole`` seconds (default 30) are analysed in one pass, as the
+        reference does. Longer files are read in blocks and analysed in windows of ``window``
+        seconds every ``hop`` seconds (defaults 4 and 4), and the windows' results are
+        aggregated (duration-weighted mean of age and gender logits; see
+        :mod:`agegender_sb.windows`, whose ``analyse_file`` also returns the windows).
+
+        Parameters
+        ----------
+        path : str or PathLike
+        window, hop : float, optional
+            Window length and hop in seconds for long files.
+        max_whole : float, optional
+            Longest file analysed in one pass, in seconds (0: always use windows).
+
+        Returns
+        -------
+        AgeGenderPrediction
+            One row.
 
         Raises
         ------
         FileNotFoundError, AudioError
             Naming the file and the problem.
         """
-        return self.predict_batch(self.load_audio(path))
+        from .windows import analyse_file
+
+        return analyse_file(self, path, window=window, hop=hop, max_whole=max_whole).prediction
 
     def classify_batch(self, wavs, wav_lens=None):
         """Gender classification with SpeechBrain's return convention.

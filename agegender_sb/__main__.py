@@ -1,0 +1,8 @@
+"""`python -m agegender_sb` (also under `torchrun ... -m agegender_sb`): the agegender command."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

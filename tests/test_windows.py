@@ -1,0 +1,199 @@
+"""Long files: window plan, block-wise reading, aggregation, bounded memory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from agegender_sb import AgeGenderClassifier, AudioError, load_audio
+from agegender_sb.windows import (
+    MAX_WHOLE_SECONDS,
+    aggregate,
+    analyse_file,
+    analyse_files,
+    iter_windows,
+    plan_windows,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def clf(tiny_checkpoint):
+    return AgeGenderClassifier.from_hparams(source=tiny_checkpoint)
+
+
+def _noise(path, seconds, sample_rate=16000, channels=1, seed=0, subtype="FLOAT"):
+    rng = np.random.RandomState(seed)
+    n = int(round(seconds * sample_rate))
+    x = 0.1 * rng.randn(n, channels) * (1 + np.sin(np.arange(n) / sample_rate))[:, None]
+    sf.write(str(path), x.astype(np.float32), sample_rate, subtype=subtype)
+    return Path(path)
+
+
+def test_plan_windows_tail_and_overlap():
+    # 4 s windows, 4 s hop, tails under 3 s merged into the previous window
+    assert plan_windows(10, 4, 4, 3, sample_rate=1) == [(0, 4), (4, 10)]
+    assert plan_windows(11, 4, 4, 3, sample_rate=1) == [(0, 4), (4, 8), (8, 11)]
+    assert plan_windows(12, 4, 4, 3, sample_rate=1) == [(0, 4), (4, 8), (8, 12)]
+    assert plan_windows(3, 4, 4, 3, sample_rate=1) == [(0, 3)]  # shorter than one window
+    assert plan_windows(8, 4, 2, 3, sample_rate=1) == [(0, 4), (2, 6), (4, 8)]
+    assert plan_windows(9, 4, 2, 3, sample_rate=1) == [(0, 4), (2, 6), (4, 8), (6, 9)]
+    assert plan_windows(17, 4, 2, 3, sample_rate=2) == [(0, 8), (4, 12), (8, 17)]
+    for n in range(1, 200):  # window 4, hop 3, tail 3
+        bounds = plan_windows(n, 4, 3, 3, sample_rate=1)
+        assert bounds[0][0] == 0 and bounds[-1][1] == n  # covers the signal
+        assert all(b[0] <= a[1] for a, b in zip(bounds, bounds[1:]))  # without gaps
+        assert all(e - s <= 6 for s, e in bounds)  # at most hop + tail long
+        assert all(e - s >= 3 for s, e in bounds) or n < 3  # no window under the tail
+    with pytest.raises(ValueError):
+        plan_windows(10, 4, 5)
+    with pytest.raises(ValueError):
+        plan_windows(10, 0, None)
+
+
+@pytest.mark.parametrize("sample_rate, channels", [(16000, 1), (8000, 1), (22050, 2),
+                                                   (44100, 1), (48000, 2)])
+def test_windows_equal_slices_of_whole_signal(tmp_path, sample_rate, channels):
+    path = _noise(tmp_path / "x.wav", 21.3, sample_rate, channels)
+    whole = load_audio(path)
+    wins = list(iter_windows(path, window=4, hop=3, min_tail=3))
+    assert [(w.start, w.end) for w in wins] == plan_windows(whole.shape[0], 4, 3, 3)
+    assert wins[-1].end == whole.shape[0]
+    for w in wins:
+        assert w.wav.shape[0] == w.end - w.start
+        assert float((w.wav - whole[w.start : w.end]).abs().max()) < 1e-5
+
+
+def test_window_errors_name_the_file(tmp_path):
+    x = np.zeros(16000 * 12, dtype=np.float32)
+    x[16000 * 9] = np.nan
+    sf.write(tmp_path / "nan.wav", x, 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"nan\.wav \[8\.00-12\.00 s\].*NaN"):
+        list(iter_windows(tmp_path / "nan.wav"))
+    with pytest.raises(FileNotFoundError, match="missing.wav"):
+        list(iter_windows(tmp_path / "missing.wav"))
+
+
+def _independent(clf, path, bounds_s):
+    """Run the classifier on slices of the whole-file signal and pool by hand."""
+    whole = load_audio(path)
+    ages, logits, weights = [], [], []
+    for start, end in bounds_s:
+        seg = whole[int(round(start * 16000)) : int(round(end * 16000))]
+        pred = clf.predict_batch(seg)
+        ages.append(float(pred.age[0]))
+        logits.append(pred.gender_logits[0].double())
+        weights.append(end - start)
+    w = torch.tensor(weights, dtype=torch.float64)
+    w = w / w.sum()
+    age = float((w * torch.tensor(ages, dtype=torch.float64)).sum())
+    mean_logits = (w[:, None] * torch.stack(logits)).sum(0)
+    return age, mean_logits, torch.softmax(mean_logits, -1)
+
+
+def test_long_file_aggregation_matches_independent_computation(clf, tmp_path):
+    path = _noise(tmp_path / "long.wav", 41.0, 22050, channels=2, seed=3)
+    expected_bounds = [(4.0 * k, 4.0 * k + 4) for k in range(9)] + [(36.0, 41.0)]
+    res = analyse_file(clf, path)  # defaults: whole up to 30 s, 4 s windows, 4 s hop
+    assert res.windowed and res.duration == pytest.approx(41.0)
+    assert np.allclose(res.segments, expected_bounds)
+    age, logits, probs = _independent(clf, path, expected_bounds)
+    assert float(res.prediction.age[0]) == pytest.approx(age, abs=1e-4)
+    assert torch.allclose(res.prediction.gender_logits[0].double(), logits, atol=1e-5)
+    assert torch.allclose(res.prediction.gender_probs[0].double(), probs, atol=1e-5)
+    assert res.prediction.gender == [clf.labels[int(probs.argmax())]]
+    # the Python entry gives the same
+    pred = clf.predict_file(path)
+    assert torch.allclose(pred.gender_logits, res.prediction.gender_logits)
+    # overlapping windows: weights are window durations
+    res2 = analyse_file(clf, path, window=5, hop=2.5, max_whole=0)
+    bounds2 = [(2.5 * k, 2.5 * k + 5) for k in range(15)] + [(37.5, 41.0)]
+    assert np.allclose(res2.segments, bounds2)
+    age2, logits2, _ = _independent(clf, path, bounds2)
+    assert float(res2.prediction.age[0]) == pytest.approx(age2, abs=1e-4)
+    assert torch.allclose(res2.prediction.gender_logits[0].double(), logits2, atol=1e-5)
+
+
+def test_short_files_are_analysed_whole_as_before(clf, tmp_path):
+    path = _noise(tmp_path / "short.wav", MAX_WHOLE_SECONDS, 16000)
+    res = analyse_file(clf, path)
+    assert not res.windowed and np.allclose(res.segments, [(0.0, MAX_WHOLE_SECONDS)])
+    ref = clf.predict_batch(load_audio(path))
+    assert torch.equal(res.prediction.gender_logits, ref.gender_logits)
+    assert torch.equal(clf.predict_file(path).age, ref.age)
+
+
+def test_results_do_not_depend_on_batch_size(clf, tmp_path):
+    paths = [str(_noise(tmp_path / f"f{i}.wav", s, sr, seed=i))
+             for i, (s, sr) in enumerate([(1.0, 16000), (2.7, 8000), (0.6, 16000),
+                                          (33.0, 16000), (1.9, 44100)])]
+    one = dict(analyse_files(clf, paths, batch_size=1))
+    three = dict(analyse_files(clf, paths, batch_size=3))
+    assert list(one) == paths
+    for p in paths:
+        a, b = one[p].prediction, three[p].prediction
+        assert torch.allclose(a.gender_logits, b.gender_logits, atol=1e-5)
+        assert torch.allclose(a.age, b.age, atol=1e-5)
+        assert torch.allclose(one[p].segment_predictions.age,
+                              three[p].segment_predictions.age, atol=1e-5)
+
+
+def test_aggregate_rejects_bad_weights(clf):
+    pred = clf.predict_batch(torch.randn(2, 4000))
+    with pytest.raises(ValueError):
+        aggregate(pred, [0.0, 0.0])
+    with pytest.raises(ValueError):
+        aggregate(pred, [1.0])
+    same = aggregate(pred, [1.0, 0.0])
+    assert torch.allclose(same.gender_logits, pred.gender_logits[:1])
+
+
+_CHILD = r"""
+import resource, sys
+from agegender_sb.cli import main
+status = main(["predict", sys.argv[1], "--source", sys.argv[2], "-o", sys.argv[3], "-q"])
+print(status, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def _peak_rss_kib(audio, checkpoint, out):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(audio), checkpoint, str(out)],
+                          capture_output=True, text=True, env=env, check=True)
+    status, rss = proc.stdout.split()
+    assert status == "0", proc.stderr
+    return int(rss)
+
+
+def _write_long_noise(path, seconds, sample_rate=16000):
+    """Write noise block by block, so the test itself stays small."""
+    rng = np.random.RandomState(0)
+    with sf.SoundFile(str(path), "w", sample_rate, 1, subtype="PCM_16") as fh:
+        for _ in range(int(seconds // 60)):
+            fh.write((0.1 * rng.randn(60 * sample_rate)).astype(np.float32))
+    return path
+
+
+def test_long_file_memory_is_bounded(tiny_checkpoint, tmp_path):
+    """A 20-minute file runs in the peak memory of a 1-minute one.
+
+    The 20-minute signal alone is 77 MB as float32; reading it whole (``load_audio``) after
+    the same run was measured to raise the child's peak RSS by about 270 MB, far above the
+    20 MiB allowed here.
+    """
+    short = _write_long_noise(tmp_path / "short.wav", 60)
+    long = _write_long_noise(tmp_path / "long.wav", 20 * 60)
+    rss_short = _peak_rss_kib(short, tiny_checkpoint, tmp_path / "s.csv")
+    rss_long = _peak_rss_kib(long, tiny_checkpoint, tmp_path / "l.csv")
+    print(f"peak RSS: 1 min {rss_short / 1024:.1f} MiB, 20 min {rss_long / 1024:.1f} MiB")
+    assert rss_long - rss_short < 20 * 1024, (rss_short, rss_long)
+    rows = (tmp_path / "l.csv").read_text().splitlines()
+    assert len(rows) == 2 and ",1200.0," in rows[1]
