@@ -222,24 +222,37 @@ def _import_onnxruntime():
 
 
 def quantize_onnx_dynamic(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """int8 dynamic quantisation of MatMul weights (``onnxruntime.quantization``).
+    """int8 dynamic quantisation of the MatMul weights (``onnxruntime.quantization``).
 
-    Trades accuracy for speed/size (expect ~1e-2 abs differences); fp32 is the default.
+    Faster on CPU and a quarter of the size, less exact (measured with random full-size weights:
+    ~1e-2 on the age output; check on your data before relying on it). The metadata of
+    ``src`` (labels, gender output kind) is carried over.
     """
     _import_onnxruntime()
+    import onnx
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     dst = Path(dst)
+    tmp = dst.with_name(dst.name + ".partial")
     quantize_dynamic(
         str(src),
-        str(dst),
+        str(tmp),
         weight_type=QuantType.QInt8,
         op_types_to_quantize=["MatMul"],
         # needed for graphs from onnxruntime.transformers.optimizer (com.microsoft ops
         # defeat shape inference: "Unable to find data type for weight_name=...")
         extra_options={"DefaultTensorType": TensorProto.FLOAT},
     )
+    meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+    proto = onnx.load(str(tmp))
+    present = {p.key for p in proto.metadata_props}
+    for key, value in meta.items():
+        if key not in present:
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, dst)
     return dst
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import soundfile as sf
 import torch
 
-from .audio import SAMPLE_RATE, AudioError, _check_signal, load_audio, to_mono_16k
+from .audio import SAMPLE_RATE, AudioError, check_signal, load_audio, to_mono_16k
 
 __all__ = [
     "MAX_WHOLE_SECONDS",
@@ -250,7 +250,7 @@ def iter_windows(
             wav = to_mono_16k(block, sample_rate, name=name)
             offset = unit0 * new
             wav = wav[start - offset : end - offset].clone()
-            _check_signal(wav, name)
+            check_signal(wav, name)
             yield Window(start, end, wav)
 
 

@@ -413,3 +413,40 @@ def test_columns_follow_model_labels():
                                    "gender", "error"]
     with pytest.raises(ValueError):
         columns(("age", "male"))
+
+
+def test_onnx_backend_and_export(clf, corpus, tiny_checkpoint, tmp_path, capsys):
+    """``--backend onnx`` gives the torch rows (tolerance: the table's decimals); ``export-onnx``
+    writes audEERING's interface, with an int8 variant."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from agegender_sb.onnx_export import OnnxAgeGender
+
+    out = tmp_path / "onnx.csv"
+    graph = tmp_path / "graph.onnx"
+    assert _predict(*corpus["good"], corpus["long"], "--source", tiny_checkpoint, "-o", out,
+                    "--backend", "onnx", "--onnx-path", graph) == 0
+    assert graph.is_file()
+    torch_out = tmp_path / "torch.csv"
+    assert _predict(*corpus["good"], corpus["long"], "--source", tiny_checkpoint,
+                    "-o", torch_out) == 0
+    for a, b in zip(_read(out), _read(torch_out)):
+        assert a["path"] == b["path"] and a["gender"] == b["gender"]
+        assert float(a["age"]) == pytest.approx(float(b["age"]), abs=0.011)
+        for lab in LABELS:
+            assert float(a[lab]) == pytest.approx(float(b[lab]), abs=1.1e-4)
+
+    exported = tmp_path / "model.onnx"
+    assert main(["export-onnx", tiny_checkpoint, str(exported), "--int8"]) == 0
+    assert f"wrote {exported}" in capsys.readouterr().out
+    for path in (exported, tmp_path / "model-int8.onnx"):
+        sess = OnnxAgeGender(path)
+        assert sess.labels == LABELS and sess.outputs_probabilities
+        res = sess(load_audio(corpus["good"][0]).numpy())
+        assert set(res) == {"hidden_states", "logits_age", "logits_gender"}
+        assert res["logits_gender"].sum() == pytest.approx(1.0, abs=1e-5)
+    ref = clf.predict_batch(load_audio(corpus["good"][0]))
+    res = OnnxAgeGender(exported)(load_audio(corpus["good"][0]).numpy())
+    assert np.allclose(res["logits_gender"][0], ref.gender_probs[0].numpy(), atol=1e-4)
+    assert main(["export-onnx", str(tmp_path / "nowhere"), str(tmp_path / "x.onnx")]) == 1
+    assert not (tmp_path / "x.onnx").exists()
