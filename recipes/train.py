@@ -29,6 +29,7 @@ import math
 import os
 import random
 import re
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ import speechbrain as sb
 import torch
 import yaml
 from hyperpyyaml import load_hyperpyyaml
+from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from agegender_sb.audio import MIN_SAMPLES, to_mono_16k
@@ -435,6 +437,44 @@ class AgeGenderStats:
 
 
 # ============================================================================ Brain
+COMPLETE_MARKER = "complete"
+
+
+@sb.utils.checkpoints.register_checkpoint_hooks
+class CompletionMarker:
+    """A recoverable saved last: its file in a checkpoint proves every other file is whole.
+
+    SpeechBrain's ``Checkpointer`` writes ``CKPT.yaml`` first and the tensors after it, so a
+    process killed while saving leaves a checkpoint that looks valid but cannot be loaded.
+    :meth:`AgeGenderBrain.init_optimizers` registers this marker after all other
+    recoverables and removes checkpoints without it before resuming.
+    """
+
+    @sb.utils.checkpoints.mark_as_saver
+    def _save(self, path):
+        if if_main_process():
+            Path(path).write_text("ok\n", encoding="utf-8")
+
+    @sb.utils.checkpoints.mark_as_loader
+    def _load(self, path, end_of_epoch=False):
+        del path, end_of_epoch
+
+
+def remove_incomplete_checkpoints(checkpointer) -> list[Path]:
+    """Delete checkpoint folders without the completion marker (main process only)."""
+    removed = []
+    if if_main_process():
+        marker = COMPLETE_MARKER + sb.utils.checkpoints.PARAMFILE_EXT
+        for folder in sorted(Path(checkpointer.checkpoints_dir).glob("CKPT+*")):
+            if folder.is_dir() and not (folder / marker).is_file():
+                logger.warning("%s: incomplete checkpoint (interrupted while saving), removed",
+                               folder)
+                shutil.rmtree(folder)
+                removed.append(folder)
+    sb.utils.distributed.ddp_barrier()
+    return removed
+
+
 class AgeGenderBrain(sb.Brain):
     """Multi-task fine-tuning of :class:`agegender_sb.model.AgeGenderModel`."""
 
@@ -496,12 +536,16 @@ class AgeGenderBrain(sb.Brain):
         if self.checkpointer is not None:
             for name, opt in self.optimizers_dict.items():
                 self.checkpointer.add_recoverable(f"{name}_optimizer", opt)
+            # Registered last, hence saved last (recoverables keep insertion order).
+            self.checkpointer.recoverables.pop(COMPLETE_MARKER, None)
+            self.checkpointer.add_recoverable(COMPLETE_MARKER, CompletionMarker())
+            remove_incomplete_checkpoints(self.checkpointer)
 
     def on_fit_start(self):
+        super().on_fit_start()  # removes incomplete checkpoints, recovers the latest one
         latest = self.checkpointer.find_checkpoint() if self.checkpointer else None
-        super().on_fit_start()
         if latest is not None:
-            intra = bool(latest.meta.get(sb.utils.checkpoints.INTRA_EPOCH_CKPT_FLAG))
+            intra = bool(latest.meta.get(INTRA_EPOCH_CKPT_FLAG))
             logger.info(
                 "Resumed from checkpoint %s (%s, epoch %d, step %d)", latest.path.name,
                 "intra-epoch" if intra else "end of epoch",
@@ -533,12 +577,12 @@ class AgeGenderBrain(sb.Brain):
             for name, lr in (("encoder", new_enc), ("heads", new_heads)):
                 if name in self.optimizers_dict:
                     sb.nnet.schedulers.update_learning_rate(self.optimizers_dict[name], lr)
-            if if_main_process():
-                self.hparams.train_logger.log_stats(
-                    stats_meta={"epoch": epoch, "lr_encoder": old_enc, "lr_heads": old_heads},
-                    train_stats={"loss": self.train_loss},
-                    valid_stats=flat,
-                )
+            # log_stats is main-process-only inside and broadcasts: call it on every rank
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, "lr_encoder": old_enc, "lr_heads": old_heads},
+                train_stats={"loss": self.train_loss},
+                valid_stats=flat,
+            )
             key = self.hparams.best_metric
             meta = {"loss": summary["loss"]}
             if key != "loss":
@@ -554,11 +598,11 @@ class AgeGenderBrain(sb.Brain):
                 gathered = [None] * world
                 torch.distributed.all_gather_object(gathered, rows)
                 rows = [r for part in gathered for r in part]
+            self.hparams.train_logger.log_stats(
+                stats_meta={"Epoch loaded": self.hparams.epoch_counter.current},
+                test_stats=flat,
+            )
             if if_main_process():
-                self.hparams.train_logger.log_stats(
-                    stats_meta={"Epoch loaded": self.hparams.epoch_counter.current},
-                    test_stats=flat,
-                )
                 write_test_outputs(self.hparams.output_folder, summary, rows, self.labels,
                                    self.hparams.make_plots)
 
