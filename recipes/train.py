@@ -704,12 +704,25 @@ def _init_from(hparams_file: str, overrides: dict) -> str:
     return match.group(1).strip().strip("'\"")
 
 
+class _TolerantLoader(yaml.SafeLoader):
+    """Reads hyperpyyaml override text; tagged values (``!name:...``) become strings."""
+
+
+_TolerantLoader.add_multi_constructor(
+    "!", lambda loader, suffix, node: f"!{suffix} {getattr(node, 'value', '')}"
+)
+
+
+def _plain_overrides(overrides: str) -> dict:
+    """Command-line overrides as a dict (only to read plain values such as ``init_from``)."""
+    return (yaml.load(overrides, Loader=_TolerantLoader) or {}) if overrides else {}
+
+
 def main(argv=None) -> None:
     """Command-line entry point (see the module docstring)."""
     hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:] if argv is None
                                                            else argv)
-    user = yaml.safe_load(overrides) if overrides else {}
-    user = user or {}
+    user = _plain_overrides(overrides)
     sb.utils.distributed.ddp_init_group(run_opts)
     init_from = _init_from(hparams_file, user)
     savedir = user.get("init_savedir") or os.path.join(str(user.get("output_folder", ".")),
@@ -717,7 +730,9 @@ def main(argv=None) -> None:
     if not Path(init_from).is_dir():  # hub id: fetch on the main process first
         run_on_main(_fetch_init_files, args=[init_from, savedir])
     init = resolve_init_source(init_from, savedir)
-    merged = {**init.hparams, **user}
+    # init source first, command line last (it wins); kept as YAML text for !name: etc.
+    merged = yaml.safe_dump({k: v for k, v in init.hparams.items() if k not in user},
+                            default_flow_style=None) + "\n" + (overrides or "")
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, merged)
     if hparams["freeze"] not in ("none", "feature_extractor", "encoder"):
