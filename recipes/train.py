@@ -64,6 +64,15 @@ BEST_METRICS = {"loss": "min", "mae": "min", "acc": "max", "uar": "max"}
 
 
 # ============================================================================ init source
+class _TolerantLoader(yaml.SafeLoader):
+    """Reads hyperpyyaml override text; tagged values (``!name:...``) become strings."""
+
+
+_TolerantLoader.add_multi_constructor(
+    "!", lambda loader, suffix, node: f"!{suffix} {getattr(node, 'value', '')}"
+)
+
+
 @dataclass
 class InitSource:
     """What ``--init_from`` points at, resolved to local files.
@@ -123,13 +132,16 @@ def _fetch_init_files(source: str, savedir: str) -> Path:
 def _speechbrain_folder_hparams(path: Path) -> dict:
     """Architecture keys and labels of a SpeechBrain model folder's ``hyperparams.yaml``.
 
-    The file is built into modules with hyperpyyaml (to resolve ``!ref``) but only plain
-    values are kept.
+    Read as plain YAML (tags become strings), so that no module is built; only plain
+    values of the architecture keys, ``gender_labels`` and ``norm_eps`` are kept.
     """
-    with open(path, encoding="utf-8") as fin:
-        loaded = load_hyperpyyaml(fin)
+    loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=_TolerantLoader) or {}
     keys = (*ARCH_FIELDS, "gender_labels", "norm_eps")
-    return {k: loaded[k] for k in keys if k in loaded}
+    out = {k: loaded[k] for k in keys if k in loaded}
+    tagged = [k for k, v in out.items() if isinstance(v, str) and v.startswith("!")]
+    if tagged:
+        raise CheckpointError(f"{path}: expected plain values for {', '.join(tagged)}")
+    return out
 
 
 def resolve_init_source(source: str, savedir: str) -> InitSource:
@@ -702,15 +714,6 @@ def _init_from(hparams_file: str, overrides: dict) -> str:
         raise SystemExit("error: --init_from is required (audEERING checkpoint, SpeechBrain "
                          "model folder or plain wav2vec2 checkpoint)")
     return match.group(1).strip().strip("'\"")
-
-
-class _TolerantLoader(yaml.SafeLoader):
-    """Reads hyperpyyaml override text; tagged values (``!name:...``) become strings."""
-
-
-_TolerantLoader.add_multi_constructor(
-    "!", lambda loader, suffix, node: f"!{suffix} {getattr(node, 'value', '')}"
-)
 
 
 def _plain_overrides(overrides: str) -> dict:

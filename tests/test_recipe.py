@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from hyperpyyaml import load_hyperpyyaml
 from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining, Wav2Vec2Model
 
-from agegender_sb import AgeGenderClassifier, CheckpointError
+from agegender_sb import AgeGenderClassifier, CheckpointError, convert_audeering_checkpoint
 from agegender_sb.checkpoint import load_state_dict_file, load_wav2vec2_encoder
 from agegender_sb.encoder import Wav2Vec2Encoder
 
@@ -33,7 +34,12 @@ sys.path.insert(0, str(ROOT / "recipes"))
 
 from prepare import prepare  # noqa: E402
 from reference import audeering_config  # noqa: E402
-from train import AgeGenderStats, multitask_loss, read_segment  # noqa: E402
+from train import (  # noqa: E402
+    AgeGenderStats,
+    multitask_loss,
+    read_segment,
+    resolve_init_source,
+)
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
        "OMP_NUM_THREADS": "1"}
@@ -200,6 +206,35 @@ def test_plain_wav2vec2_loader(plain_wav2vec2):
     missing = {k: v for k, v in state.items() if "layers.1." not in k}
     with pytest.raises(CheckpointError, match="missing"):
         load_wav2vec2_encoder(_tiny_encoder(), missing, "x")
+
+
+def _build(init, tmp_path):
+    overrides = {**init.hparams, "init_from": "x", "train_csv": "x", "valid_csv": "x",
+                 "test_csv": "x", "output_folder": str(tmp_path)}
+    with open(ROOT / "hparams" / "train.yaml", encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    init.load_weights(hparams)
+    return hparams
+
+
+def test_init_sources_detected_and_loaded(tiny_checkpoint, plain_wav2vec2, tmp_path):
+    ref = AgeGenderClassifier.from_hparams(source=tiny_checkpoint, savedir=str(tmp_path / "r"))
+    folder = convert_audeering_checkpoint(tiny_checkpoint, tmp_path / "sb")
+    x = torch.randn(1, 8000)
+    expected = ref.predict_batch(x)
+    for source, kind in ((tiny_checkpoint, "audeering"), (folder, "speechbrain")):
+        init = resolve_init_source(str(source), str(tmp_path / "s"))
+        assert init.kind == kind
+        assert init.hparams["gender_labels"] == ["female", "male", "child"]
+        assert init.hparams["hidden_size"] == 32 and init.hparams["num_hidden_layers"] == 2
+        model = _build(init, tmp_path)["model"].eval()
+        with torch.no_grad():
+            out = model(x)
+        torch.testing.assert_close(out.age, expected.age_raw, rtol=0, atol=1e-6)
+        torch.testing.assert_close(out.gender_logits, expected.gender_logits, rtol=0, atol=1e-6)
+    init = resolve_init_source(str(plain_wav2vec2), str(tmp_path / "s"))
+    assert init.kind == "wav2vec2" and "gender_labels" not in init.hparams
+    assert _build(init, tmp_path)["gender_labels"] == ["female", "male", "child"]
 
 
 # ----------------------------------------------------------------------------- end to end
