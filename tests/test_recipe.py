@@ -13,6 +13,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -291,6 +292,12 @@ def test_train_kill_resume_export(manifests, tiny_checkpoint, tmp_path):
         assert results[key] == pytest.approx(value, abs=1e-4)
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_gloo(manifests, tiny_checkpoint, tmp_path):
     out = tmp_path / "ddp"
@@ -302,7 +309,7 @@ def test_torchrun_two_processes_gloo(manifests, tiny_checkpoint, tmp_path):
                      "--freeze", "feature_extractor", "--lr_encoder", "0.001",
                      "--max_batch_seconds", "2.0", "--eval_batch_size", "3")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(29500 + os.getpid() % 1000), *cmd[1:]]
+           "--master_port", str(_free_port()), *cmd[1:]]
     _run(cmd, timeout=150)
     results = json.loads((out / "results.json").read_text())
     n_test = sum(1 for _ in open(manifests["test"], encoding="utf-8")) - 1
