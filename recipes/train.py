@@ -115,17 +115,18 @@ def _fetch_init_files(source: str, savedir: str) -> Path:
     """A local folder with the source's files (hub ids are fetched into ``savedir``)."""
     if Path(source).is_dir():
         return Path(source)
-    from speechbrain.utils.fetching import fetch
+    from speechbrain.utils.fetching import FetchConfig, LocalStrategy, fetch
 
     from agegender_sb.interface import _fetch_weights, _source_layout
 
-    layout = _source_layout(source, savedir, None, None)
+    config, strategy = FetchConfig(), LocalStrategy.SYMLINK
+    layout = _source_layout(source, savedir, config, strategy)
     if layout == "speechbrain":
         for name in ("hyperparams.yaml", "encoder.ckpt", "age_head.ckpt", "gender_head.ckpt"):
             fetch(name, source, savedir=savedir)
     else:
         fetch("config.json", source, savedir=savedir)
-        _fetch_weights(source, savedir, None, None)
+        _fetch_weights(source, savedir, config, strategy)
     return Path(savedir)
 
 
