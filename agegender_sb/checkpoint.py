@@ -33,6 +33,10 @@ __all__ = [
     "find_weights_file",
     "render_hparams",
     "convert_audeering_checkpoint",
+    "PRETRAINING_ONLY_PREFIXES",
+    "wav2vec2_encoder_state_dict",
+    "load_wav2vec2_encoder",
+    "save_model_folder",
 ]
 
 #: Checkpoint key prefix → (our module, prefix inside that module).
@@ -373,22 +377,121 @@ def convert_audeering_checkpoint(
 
 def save_speechbrain_folder(clf, dest: str | os.PathLike) -> Path:
     """Write a loaded classifier's modules as a SpeechBrain model folder (see above)."""
+    return save_model_folder(clf.mods.model, clf.labels, clf.arch_hparams, dest,
+                             config=clf.config)
+
+
+def save_model_folder(
+    model: torch.nn.Module,
+    labels,
+    arch_hparams: dict,
+    dest: str | os.PathLike,
+    config: dict | None = None,
+) -> Path:
+    """Write an :class:`~agegender_sb.model.AgeGenderModel` as a SpeechBrain model folder.
+
+    ``hyperparams.yaml`` (the packaged inference file with ``arch_hparams`` and ``labels``),
+    ``encoder.ckpt``, ``age_head.ckpt``, ``gender_head.ckpt`` and, when given, ``config.json``.
+    Files are written to ``dest/.partial`` first and moved into place one by one.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Has ``encoder``, ``age_head`` and ``gender_head`` submodules.
+    labels : sequence of str
+        Gender labels in output order.
+    arch_hparams : dict
+        Top-level keys of the inference YAML (architecture, dropout) to write.
+    dest : str or PathLike
+        Output folder (created; files of the same names are replaced).
+    config : dict, optional
+        A ``config.json`` to keep next to the weights.
+
+    Returns
+    -------
+    Path
+        ``dest``.
+    """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     tmp = dest / ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    overrides = dict(clf.arch_hparams)
-    overrides["gender_labels"] = list(clf.labels)
+    overrides = dict(arch_hparams)
+    overrides["gender_labels"] = list(labels)
     (tmp / "hyperparams.yaml").write_text(render_hparams(overrides), encoding="utf-8")
-    model = clf.mods.model
     for name in ("encoder", "age_head", "gender_head"):
         state = {k: v.detach().cpu().contiguous() for k, v in
                  getattr(model, name).state_dict().items()}
         torch.save(state, tmp / f"{name}.ckpt")
-    if clf.config is not None:
-        (tmp / "config.json").write_text(json.dumps(clf.config, indent=2), encoding="utf-8")
+    if config is not None:
+        (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     for item in tmp.iterdir():
         os.replace(item, dest / item.name)
     tmp.rmdir()
     return dest
+
+
+#: Tensors of a ``Wav2Vec2ForPreTraining`` checkpoint that only pre-training uses (the
+#: quantiser and the contrastive projections); a plain encoder init ignores them.
+PRETRAINING_ONLY_PREFIXES = ("quantizer.", "project_hid.", "project_q.")
+
+
+def wav2vec2_encoder_state_dict(state_dict: dict, source: str = "checkpoint") -> dict:
+    """The ``Wav2Vec2Model`` tensors of a plain wav2vec2 checkpoint, keyed for our encoder.
+
+    Accepts a ``Wav2Vec2ForPreTraining`` / ``Wav2Vec2Model`` state dict with ``wav2vec2.``
+    prefixes (pre-training-only tensors, :data:`PRETRAINING_ONLY_PREFIXES`, are dropped), or
+    unprefixed ``Wav2Vec2Model`` keys. Keys are returned with the encoder's ``model.`` prefix.
+
+    Raises
+    ------
+    CheckpointError
+        For any other tensor (e.g. a CTC ``lm_head`` or age/gender heads).
+
+    Example
+    -------
+    >>> sd = {"wav2vec2.masked_spec_embed": 0, "quantizer.codevectors": 1, "project_q.bias": 2}
+    >>> wav2vec2_encoder_state_dict(sd)
+    {'model.masked_spec_embed': 0}
+    >>> wav2vec2_encoder_state_dict({"encoder.layer_norm.bias": 0, "lm_head.bias": 1})
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+        ...
+    agegender_sb.checkpoint.CheckpointError: ...plain wav2vec2 checkpoint: lm_head.bias
+    """
+    prefixed = any(k.startswith("wav2vec2.") for k in state_dict)
+    out, unknown = {}, []
+    for key, value in state_dict.items():
+        if key.startswith(PRETRAINING_ONLY_PREFIXES):
+            continue
+        if prefixed:
+            if not key.startswith("wav2vec2."):
+                unknown.append(key)
+                continue
+            key = key[len("wav2vec2."):]
+        elif not key.startswith(("feature_extractor.", "feature_projection.", "encoder.",
+                                 "masked_spec_embed", "adapter.")):
+            unknown.append(key)
+            continue
+        out["model." + key] = value
+    if unknown:
+        raise CheckpointError(
+            f"{source}: unexpected tensors in a plain wav2vec2 checkpoint: {', '.join(unknown)}"
+        )
+    return out
+
+
+def load_wav2vec2_encoder(encoder: torch.nn.Module, state_dict: dict, source: str) -> None:
+    """Strictly load a plain wav2vec2 checkpoint (no heads) into a ``Wav2Vec2Encoder``.
+
+    Every encoder tensor must be present with its shape; only the tensors listed in
+    :data:`PRETRAINING_ONLY_PREFIXES` may be left over (see
+    :func:`wav2vec2_encoder_state_dict`). The heads are not touched.
+
+    Raises
+    ------
+    CheckpointError
+        Naming missing, unexpected or mis-shaped tensors.
+    """
+    load_strict(encoder, wav2vec2_encoder_state_dict(state_dict, source), source)
