@@ -15,6 +15,7 @@ from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from .audio import relative_to_samples
 from .checkpoint import load_state_dict_file, load_strict
+from .fast_linear import use_onednn_linear
 
 __all__ = ["Wav2Vec2Encoder"]
 
@@ -48,9 +49,12 @@ class Wav2Vec2Encoder(torch.nn.Module):
         SpecAugment-style masking, only in training mode (``apply_spec_augment``).
     apply_spec_augment : bool
     attn_implementation : str
-        transformers attention: ``"eager"``, ``"sdpa"``, or ``"auto"`` (default): eager on the
-        CPU, where it measured faster than sdpa for this model (``benchmarks/``), sdpa on
-        accelerators. All give the same numbers within float rounding.
+        transformers attention kernel: ``"sdpa"`` (default, as transformers) or ``"eager"``;
+        the same numbers within float rounding, and on the CPU the same speed (measured).
+    onednn_linear : bool
+        Run the Linear layers through oneDNN in CPU inference
+        (:mod:`agegender_sb.fast_linear`; same numbers within float rounding, about twice as
+        fast where PyTorch's BLAS is slow). Training and GPUs are unaffected.
     extra_config : dict, optional
         Further ``Wav2Vec2Config`` keyword arguments.
 
@@ -91,7 +95,8 @@ class Wav2Vec2Encoder(torch.nn.Module):
         mask_time_length: int = 10,
         mask_feature_prob: float = 0.0,
         mask_feature_length: int = 10,
-        attn_implementation: str = "auto",
+        attn_implementation: str = "sdpa",
+        onednn_linear: bool = True,
         extra_config: dict | None = None,
     ):
         super().__init__()
@@ -125,9 +130,9 @@ class Wav2Vec2Encoder(torch.nn.Module):
         )
         self.config = config
         self.model = Wav2Vec2Model(config)
-        self.attn_implementation = attn_implementation
-        if attn_implementation != "auto":
-            self.set_attention(attn_implementation)
+        if onednn_linear:
+            use_onednn_linear(self.model)
+        self.set_attention(attn_implementation)
 
     def set_attention(self, implementation: str) -> None:
         """Switch transformers' attention kernel (``"eager"``, ``"sdpa"``, ...) in place."""
@@ -172,8 +177,6 @@ class Wav2Vec2Encoder(torch.nn.Module):
             ``[batch, frames]`` bool, True on frames computed from valid samples only; None
             when no row is padded (every frame valid).
         """
-        if self.attn_implementation == "auto":
-            self.set_attention("eager" if wavs.device.type == "cpu" else "sdpa")
         attention_mask = None
         if wav_lens is not None:
             lengths = relative_to_samples(wav_lens, wavs.shape[1]).to(wavs.device)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .audio import MIN_SAMPLES, AudioError, check_signal
+from .fast_linear import use_onednn_linear
 
 __all__ = [
     "INPUT_NAME",
@@ -164,6 +165,7 @@ def export_onnx(
 
     module = copy.deepcopy(model).float().cpu().eval()
     _fold_weight_norm(module)
+    use_onednn_linear(module, enabled=False)  # plain MatMul in the graph
     for sub in module.modules():
         if hasattr(sub, "set_attention"):
             sub.set_attention(attn_implementation)

@@ -99,7 +99,30 @@ def _load(path_name: str, checkpoint: str, workdir: Path):
     return time.perf_counter() - start, predict
 
 
+def setup_worker(args) -> None:
+    """Heavy one-off steps, in a subprocess so that the driver stays small: Linux keeps a
+    process's peak RSS across exec, so every worker would inherit the driver's."""
+    if args.worker == "build":
+        build_checkpoint(Path(args.checkpoint), args.layers)
+        return
+    from agegender_sb import AgeGenderClassifier
+    from agegender_sb.onnx_export import export_onnx, quantize_onnx_dynamic
+
+    workdir = Path(args.workdir)
+    if not (workdir / "model.onnx").is_file():
+        clf = AgeGenderClassifier.from_hparams(source=args.checkpoint)
+        t = time.perf_counter()
+        export_onnx(clf.mods.model, workdir / "model.onnx", clf.labels,
+                    gender_probabilities=False)
+        print(f"export: {time.perf_counter() - t:.1f} s, peak RSS {peak_rss_mb():.0f} MB",
+              file=sys.stderr)
+    if not (workdir / "model-int8.onnx").is_file():
+        quantize_onnx_dynamic(workdir / "model.onnx", workdir / "model-int8.onnx")
+
+
 def worker(args) -> None:
+    if args.worker in ("build", "export"):
+        return setup_worker(args)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -156,14 +179,18 @@ def collect_audio(audio: str | None, workdir: Path, max_files: int) -> list[tupl
     return [(str(p), sf.info(str(p)).duration) for p in chosen]
 
 
-def run_worker(name: str, args, files_json: Path, workdir: Path) -> dict:
+def run_worker(name: str, args, files_json: Path | None, workdir: Path) -> dict | None:
     cmd = [sys.executable, __file__, "--worker", name, "--checkpoint", args.checkpoint,
-           "--files", str(files_json), "--workdir", str(workdir), "--threads", str(args.threads)]
+           "--workdir", str(workdir), "--threads", str(args.threads), "--layers",
+           str(args.layers)]
+    if files_json is not None:
+        cmd += ["--files", str(files_json)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ,
                           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    lines = proc.stdout.strip().splitlines()
+    return json.loads(lines[-1]) if lines else None
 
 
 def long_file_scaling(args, workdir: Path) -> list[dict]:
@@ -220,23 +247,13 @@ def main(argv=None) -> None:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="agegender-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     if args.checkpoint is None:
-        args.checkpoint = str(build_checkpoint(workdir / f"random-{args.layers}", args.layers))
+        args.checkpoint = str(workdir / f"random-{args.layers}")
+        run_worker("build", args, None, workdir)
     files = collect_audio(args.audio, workdir, args.max_files)
     files_json = workdir / "files.json"
     files_json.write_text(json.dumps(files))
     if "onnx" in args.paths or "onnx-int8" in args.paths:
-        from agegender_sb import AgeGenderClassifier
-        from agegender_sb.onnx_export import export_onnx, quantize_onnx_dynamic
-
-        if not (workdir / "model.onnx").is_file():
-            clf = AgeGenderClassifier.from_hparams(source=args.checkpoint)
-            t = time.perf_counter()
-            export_onnx(clf.mods.model, workdir / "model.onnx", clf.labels,
-                        gender_probabilities=False)
-            print(f"export: {time.perf_counter() - t:.1f} s", file=sys.stderr)
-            del clf
-        if "onnx-int8" in args.paths and not (workdir / "model-int8.onnx").is_file():
-            quantize_onnx_dynamic(workdir / "model.onnx", workdir / "model-int8.onnx")
+        run_worker("export", args, None, workdir)
 
     results = {}
     for name in ["reference"] + [p for p in args.paths if p != "reference"]:
