@@ -35,8 +35,7 @@ class OneDNNLinear(torch.nn.Linear):
     """``nn.Linear`` that runs inference on the CPU through oneDNN.
 
     The fast path is taken for float32 CPU tensors when no gradient is needed and autocast is
-    off; everything else goes through ``nn.Linear.forward``. Set ``onednn = False`` on an
-    instance to force the usual path (e.g. before ONNX export).
+    off; everything else goes through ``nn.Linear.forward``.
 
     Example
     -------
@@ -48,12 +47,9 @@ class OneDNNLinear(torch.nn.Linear):
     True
     """
 
-    onednn = True
-
     def _fast(self, x: torch.Tensor) -> bool:
         return (
-            self.onednn
-            and x.device.type == "cpu"
+            x.device.type == "cpu"
             and x.dtype == torch.float32
             and self.weight.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu")
@@ -70,11 +66,12 @@ class OneDNNLinear(torch.nn.Linear):
 def use_onednn_linear(module: torch.nn.Module, enabled: bool = True) -> torch.nn.Module:
     """Turn every plain ``nn.Linear`` in ``module`` into :class:`OneDNNLinear` (in place).
 
-    With ``enabled=False``, switch the fast path off on those already converted.
+    With ``enabled=False``, turn them back into plain ``nn.Linear`` (before ONNX export or
+    ``torch.ao.quantization.quantize_dynamic``, which match the exact class).
     """
     for sub in module.modules():
-        if type(sub) is torch.nn.Linear and enabled:
+        if enabled and type(sub) is torch.nn.Linear:
             sub.__class__ = OneDNNLinear
-        elif isinstance(sub, OneDNNLinear):
-            sub.onednn = enabled
+        elif not enabled and type(sub) is OneDNNLinear:
+            sub.__class__ = torch.nn.Linear
     return module
