@@ -22,6 +22,7 @@ __all__ = [
     "NORM_EPS",
     "AudioError",
     "read_audio",
+    "soundfile_call",
     "load_audio",
     "to_mono_16k",
     "check_signal",
@@ -65,18 +66,32 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     AudioError
         If the file is not readable audio or holds no samples.
     """
+    data, sample_rate = soundfile_call(
+        path, lambda p: sf.read(p, dtype="float32", always_2d=True))
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: the file contains no audio samples")
+    return data, int(sample_rate)
+
+
+def soundfile_call(path: str | os.PathLike, action):
+    """``action(str(path))`` with soundfile's failures turned into errors naming the file.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    AudioError
+        If it is a directory or soundfile cannot read it.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     if path.is_dir():
         raise AudioError(f"{path}: is a directory, not an audio file")
     try:
-        data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
+        return action(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         raise AudioError(f"{path}: not a readable audio file ({err})") from err
-    if data.shape[0] == 0:
-        raise AudioError(f"{path}: the file contains no audio samples")
-    return data, int(sample_rate)
 
 
 def to_mono_16k(

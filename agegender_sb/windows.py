@@ -20,12 +20,18 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import soundfile as sf
 import torch
 
-from .audio import SAMPLE_RATE, AudioError, check_signal, load_audio, to_mono_16k
+from .audio import (
+    SAMPLE_RATE,
+    AudioError,
+    check_signal,
+    load_audio,
+    soundfile_call,
+    to_mono_16k,
+)
 
 __all__ = [
     "MAX_WHOLE_SECONDS",
@@ -112,15 +118,7 @@ def probe(path: str | os.PathLike) -> tuple[int, int]:
     FileNotFoundError, AudioError
         As :func:`agegender_sb.audio.read_audio` does.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    if path.is_dir():
-        raise AudioError(f"{path}: is a directory, not an audio file")
-    try:
-        info = sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
-        raise AudioError(f"{path}: not a readable audio file ({err})") from err
+    info = soundfile_call(path, sf.info)
     if info.frames <= 0:
         raise AudioError(f"{path}: the file contains no audio samples")
     if info.samplerate <= 0:
@@ -229,11 +227,7 @@ def iter_windows(
     bounds = plan_windows(n16, window, hop, min_tail)
     orig, new = _ratio(sample_rate)
     margin = 0 if sample_rate == SAMPLE_RATE else _margin_units(orig, new)
-    try:
-        fh = sf.SoundFile(str(path))
-    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
-        raise AudioError(f"{path}: not a readable audio file ({err})") from err
-    with fh:
+    with soundfile_call(path, sf.SoundFile) as fh:
         for start, end in bounds:
             name = f"{path} [{start / SAMPLE_RATE:.2f}-{end / SAMPLE_RATE:.2f} s]"
             unit0 = max(0, start // new - margin)  # block start, in resampler periods

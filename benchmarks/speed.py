@@ -5,9 +5,7 @@ audio, one file at a time:
 
 1. ``reference``: the model card's loop (transformers model + ``Wav2Vec2FeatureExtractor``,
    ``tests/reference.py``), file read with soundfile;
-2. ``package``: ``AgeGenderClassifier.predict_file`` (this package's default path; eager
-   attention on CPU), and ``package-sdpa``: the same with transformers' default sdpa attention
-   (what the reference uses), to show where the difference comes from;
+2. ``package``: ``AgeGenderClassifier.predict_file`` (this package's default path);
 3. ``onnx``: ``AgeGenderClassifier(..., backend="onnx")`` (ONNX Runtime, fp32);
 4. ``onnx-int8``: the same graph with int8 dynamic quantisation of its MatMul weights
    (``agegender_sb.onnx_export.quantize_onnx_dynamic``);
@@ -45,7 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-PATHS = ("reference", "package", "package-sdpa", "onnx", "onnx-int8", "torch-int8")
+PATHS = ("reference", "package", "onnx", "onnx-int8", "torch-int8")
 AUDIO_EXT = (".wav", ".flac", ".ogg")
 
 
@@ -80,9 +78,7 @@ def _load(path_name: str, checkpoint: str, workdir: Path):
     from agegender_sb import AgeGenderClassifier
 
     kwargs = {}
-    if path_name == "package-sdpa":  # the package with transformers' default attention
-        kwargs = {"overrides": {"attn_implementation": "sdpa"}}
-    elif path_name == "onnx":
+    if path_name == "onnx":
         kwargs = {"backend": "onnx", "onnx_path": workdir / "model.onnx"}
     elif path_name == "onnx-int8":
         kwargs = {"backend": "onnx", "onnx_path": workdir / "model-int8.onnx"}
