@@ -5,7 +5,9 @@ audio, one file at a time:
 
 1. ``reference``: the model card's loop (transformers model + ``Wav2Vec2FeatureExtractor``,
    ``tests/reference.py``), file read with soundfile;
-2. ``package``: ``AgeGenderClassifier.predict_file`` (this package's default path);
+2. ``package``: ``AgeGenderClassifier.predict_file``'s path (this package's default), and,
+   on request, ``package-batched``: the same in length-sorted batches of ``--batch-size``
+   (for GPUs);
 3. ``onnx``: ``AgeGenderClassifier(..., backend="onnx")`` (ONNX Runtime, fp32);
 4. ``onnx-int8``: the same graph with int8 dynamic quantisation of its MatMul weights
    (``agegender_sb.onnx_export.quantize_onnx_dynamic``);
@@ -14,15 +16,19 @@ audio, one file at a time:
 For each: audio seconds per wall second, real-time factor, speed-up over the reference, peak
 RSS, model load time, and the largest absolute difference from the reference's outputs
 (age output, gender probabilities, embedding). With ``--long``, also the long-file scaling of
-``agegender predict`` (1-minute vs N-minute file) and the reference's growth with length.
+the windowed long-file path (1-minute vs N-minute file) and the reference's growth with
+length.
 
 Without ``--checkpoint`` a full-size 24-layer checkpoint with random weights is built in
 audEERING's layout (speed does not depend on the weight values). Audio: ``--audio DIR``
-(default: the speechocean762 test split beside the checkout, else generated noise).
+(default: ``--max-files`` spread over the speechocean762 subset beside the checkout, else
+generated noise).
 
 Usage::
 
-    python benchmarks/speed.py --max-files 20 --output benchmarks/results.md
+    python benchmarks/speed.py --max-files 20 --long --output results.md      # CPU
+    python benchmarks/speed.py --device cuda --paths reference package package-batched \
+        --precision bf16 --max-files 160                                      # GPU
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-PATHS = ("reference", "package", "onnx", "onnx-int8", "torch-int8")
+PATHS = ("reference", "package", "package-batched", "onnx", "onnx-int8", "torch-int8")
+DEFAULT_PATHS = ("reference", "package", "onnx", "onnx-int8", "torch-int8")
 AUDIO_EXT = (".wav", ".flac", ".ogg")
 
 
@@ -52,48 +59,57 @@ def peak_rss_mb() -> float:
 
 
 # ---------------------------------------------------------------- worker side
-def _load(path_name: str, checkpoint: str, workdir: Path):
-    """Return (load seconds, predict(file) -> (age_raw, probs[n], embedding[H]))."""
+def _load(path_name: str, args):
+    """Return (load seconds, predict(files) -> [(age_raw, probs[n], embedding[H]), ...])."""
     import soundfile as sf
     import torch
 
+    device, workdir = args.device, Path(args.workdir)
     start = time.perf_counter()
     if path_name == "reference":
         from reference import CardModel
         from transformers import Wav2Vec2FeatureExtractor
 
-        model = CardModel.from_pretrained(checkpoint).eval()
-        fe = Wav2Vec2FeatureExtractor.from_pretrained(checkpoint)
+        model = CardModel.from_pretrained(args.checkpoint).eval().to(device)
+        fe = Wav2Vec2FeatureExtractor.from_pretrained(args.checkpoint)
 
-        def predict(file):
+        def predict_one(file):
             signal, sr = sf.read(file, dtype="float32")
             y = fe(signal, sampling_rate=sr)["input_values"][0]
-            y = torch.from_numpy(np.asarray(y, dtype=np.float32).reshape(1, -1))
+            y = torch.from_numpy(np.asarray(y, dtype=np.float32).reshape(1, -1)).to(device)
             with torch.no_grad():
                 hidden, age, probs = model(y)
-            return float(age[0, 0]), probs[0].numpy(), hidden[0].numpy()
+            return float(age[0, 0]), probs[0].cpu().numpy(), hidden[0].cpu().numpy()
 
-        return time.perf_counter() - start, predict
+        return time.perf_counter() - start, lambda files: [predict_one(f) for f in files]
 
     from agegender_sb import AgeGenderClassifier
+    from agegender_sb.windows import analyse_files
 
     kwargs = {}
     if path_name == "onnx":
         kwargs = {"backend": "onnx", "onnx_path": workdir / "model.onnx"}
     elif path_name == "onnx-int8":
         kwargs = {"backend": "onnx", "onnx_path": workdir / "model-int8.onnx"}
-    clf = AgeGenderClassifier.from_hparams(source=checkpoint, run_opts={"device": "cpu"},
-                                           **kwargs)
+    precision = args.precision if path_name in ("package", "package-batched") else "fp32"
+    clf = AgeGenderClassifier.from_hparams(
+        source=args.checkpoint, run_opts={"device": device, "precision": precision}, **kwargs)
     if path_name == "torch-int8":
         from agegender_sb.fast_linear import use_onednn_linear
 
         use_onednn_linear(clf.mods.model, enabled=False)  # quantize_dynamic matches nn.Linear
         clf.mods.model = torch.ao.quantization.quantize_dynamic(
             clf.mods.model, {torch.nn.Linear}, dtype=torch.qint8)
+    batch_size = args.batch_size if path_name == "package-batched" else 1
 
-    def predict(file):
-        p = clf.predict_file(file)
-        return float(p.age_raw[0]), p.gender_probs[0].numpy(), p.embedding[0].numpy()
+    def predict(files):
+        out = []
+        for _, res in analyse_files(clf, files, batch_size=batch_size):
+            if isinstance(res, Exception):
+                raise res
+            p = res.prediction
+            out.append((float(p.age_raw[0]), p.gender_probs[0].numpy(), p.embedding[0].numpy()))
+        return out
 
     return time.perf_counter() - start, predict
 
@@ -145,14 +161,12 @@ def worker(args) -> None:
 
     torch.set_num_threads(args.threads)
     files = json.loads(Path(args.files).read_text())
-    load_s, predict = _load(args.worker, args.checkpoint, Path(args.workdir))
-    predict(files[0][0])  # warm-up (not timed)
-    outputs, audio_s = [], 0.0
+    load_s, predict = _load(args.worker, args)
+    predict([files[0][0]])  # warm-up (not timed)
     start = time.perf_counter()
-    for f, dur in files:
-        outputs.append(predict(f))
-        audio_s += dur
+    outputs = predict([f for f, _ in files])
     wall = time.perf_counter() - start
+    audio_s = sum(d for _, d in files)
     np.savez(Path(args.workdir) / f"out-{args.worker}.npz",
              age=np.array([o[0] for o in outputs]),
              probs=np.stack([o[1] for o in outputs]),
@@ -201,7 +215,8 @@ def run_worker(name: str, args, files_json: Path | None, workdir: Path,
                extra: list[str] | None = None) -> dict | None:
     cmd = [sys.executable, __file__, "--worker", name, "--checkpoint", args.checkpoint,
            "--workdir", str(workdir), "--threads", str(args.threads), "--layers",
-           str(args.layers), *(extra or [])]
+           str(args.layers), "--device", args.device, "--precision", args.precision,
+           "--batch-size", str(args.batch_size), *(extra or [])]
     if files_json is not None:
         cmd += ["--files", str(files_json)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ,
@@ -246,7 +261,12 @@ def main(argv=None) -> None:
     parser.add_argument("--layers", type=int, default=24, help="layers of the random checkpoint")
     parser.add_argument("--audio", help="folder of audio files")
     parser.add_argument("--max-files", type=int, default=20)
-    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
+    parser.add_argument("--paths", nargs="+", default=list(DEFAULT_PATHS), choices=PATHS,
+                        help="package-batched: length-sorted batches of --batch-size (GPU)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (reference and package)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
+                        help="autocast precision of the package paths")
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--workdir", help="keeps the checkpoint and ONNX files between runs")
     parser.add_argument("--long", action="store_true", help="also measure long-file scaling")
@@ -279,8 +299,10 @@ def main(argv=None) -> None:
     total_audio = results["reference"]["audio_s"]
     lines = [
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"torch threads {args.threads}; checkpoint {Path(args.checkpoint).name}; "
-        f"{len(files)} files, {total_audio:.1f} s of audio; one file at a time.",
+        f"torch threads {args.threads}; device {args.device}, package precision "
+        f"{args.precision}; checkpoint {Path(args.checkpoint).name}; "
+        f"{len(files)} files, {total_audio:.1f} s of audio; one file at a time except "
+        f"package-batched (batches of {args.batch_size}).",
         "",
         "| path | audio s / wall s | RTF | speed-up | peak RSS (MB) | load (s) "
         "| max abs diff (age / gender prob / embedding) |",
