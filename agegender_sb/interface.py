@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from .model import ModelOutput
 _NOT_FOUND = (ValueError, EntryNotFoundError)
 
 _DEFAULT_FETCH = FetchConfig()
+logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_SOURCE", "AgeGenderPrediction", "AgeGenderClassifier"]
 
@@ -196,6 +198,7 @@ class AgeGenderClassifier(EncoderClassifier):
             onnx_path = folder / f"agegender-{model_fingerprint(self.mods.model)}.onnx"
         onnx_path = Path(onnx_path)
         if not onnx_path.is_file():
+            logger.info("exporting the model to ONNX: %s (once)", onnx_path)
             # Our own graph keeps raw logits, so results equal the torch path's.
             export_onnx(self.mods.model, onnx_path, self.labels, gender_probabilities=False)
         providers = (["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -385,14 +388,17 @@ class AgeGenderClassifier(EncoderClassifier):
         text_lab : list of str
             Best label names.
         """
-        pred = self.predict_batch(wavs, wav_lens)
+        return self._classification(self.predict_batch(wavs, wav_lens))
+
+    @staticmethod
+    def _classification(pred: AgeGenderPrediction):
         score, index = pred.gender_probs.max(dim=-1)
         return pred.gender_probs, score, index, pred.gender
 
     def classify_file(self, path, **kwargs):
-        """:meth:`classify_batch` for one file."""
+        """:meth:`classify_batch` for one file (long files in windows, as :meth:`predict_file`)."""
         del kwargs
-        return self.classify_batch(self.load_audio(path))
+        return self._classification(self.predict_file(path))
 
     def forward(self, wavs, wav_lens=None):
         """Same as :meth:`classify_batch`."""

@@ -197,3 +197,15 @@ def test_long_file_memory_is_bounded(tiny_checkpoint, tmp_path):
     assert rss_long - rss_short < 20 * 1024, (rss_short, rss_long)
     rows = (tmp_path / "l.csv").read_text().splitlines()
     assert len(rows) == 2 and ",1200.0," in rows[1]
+
+
+def test_classify_file_windows_long_files_like_predict_file(tiny_checkpoint, tmp_path):
+    clf = AgeGenderClassifier.from_hparams(source=tiny_checkpoint)
+    path = tmp_path / "long.wav"
+    sf.write(path, (0.1 * np.random.RandomState(0).randn(16000 * 33)).astype(np.float32), 16000)
+    probs, score, index, labels = clf.classify_file(str(path))
+    pred = clf.predict_file(path)
+    assert torch.equal(probs, pred.gender_probs) and labels == pred.gender
+    # windowed: not the same as one pass over the whole file
+    whole = clf.predict_file(path, max_whole=60)
+    assert not torch.allclose(whole.gender_probs, pred.gender_probs, atol=1e-6)
