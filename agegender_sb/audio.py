@@ -222,7 +222,8 @@ def validate_batch(
         raise AudioError(f"{name}: the batch is empty")
     if wav_lens is None:
         wav_lens = torch.ones(wavs.shape[0], device=wavs.device)
-    wav_lens = torch.as_tensor(wav_lens, dtype=torch.float32, device=wavs.device)
+    # float64: float32 cannot hold the relative length of every sample count past 2**24
+    wav_lens = torch.as_tensor(wav_lens, dtype=torch.float64, device=wavs.device)
     if wav_lens.shape != (wavs.shape[0],):
         raise AudioError(f"wav_lens: expected shape [{wavs.shape[0]}] to match {name}, got "
                          f"{tuple(wav_lens.shape)}")

@@ -36,7 +36,9 @@ class Wav2Vec2Encoder(torch.nn.Module):
         Convolutional feature encoder.
     conv_bias : bool
     feat_extract_norm : str
-        ``"layer"`` (large-robust) or ``"group"``.
+        ``"layer"`` (large-robust) or ``"group"``. With ``"group"`` (e.g. wav2vec2-base) the
+        first convolution normalises over time, padding included, so padded batches do not
+        give the one-at-a-time results; the audEERING models use ``"layer"``.
     do_stable_layer_norm : bool
         Pre-layer-norm transformer (large-robust).
     num_conv_pos_embeddings, num_conv_pos_embedding_groups : int
@@ -128,6 +130,8 @@ class Wav2Vec2Encoder(torch.nn.Module):
             mask_feature_length=mask_feature_length,
             **(extra_config or {}),
         )
+        # Before building too: transformers 4.x picks the attention class at construction.
+        config._attn_implementation = attn_implementation
         self.config = config
         self.model = Wav2Vec2Model(config)
         if onednn_linear:

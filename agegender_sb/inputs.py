@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -50,7 +51,7 @@ def read_list_file(path: str | os.PathLike) -> list[str]:
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: cannot read the list file ({err})") from err
     if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         if not reader.fieldnames or "path" not in reader.fieldnames:
             raise InputError(f"{path}: a CSV list needs a 'path' column "
                              f"(columns: {reader.fieldnames})")
@@ -159,7 +160,7 @@ def read_speakers(path: str | os.PathLike) -> SpeakerMap:
         raise InputError(f"{path}: cannot read the speaker file ({err})") from err
     mapping: dict[str, str] = {}
     if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         names = reader.fieldnames or []
         if "path" not in names or "speaker" not in names:
             raise InputError(f"{path}: a speaker CSV needs 'path' and 'speaker' columns "

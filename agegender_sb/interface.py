@@ -201,8 +201,12 @@ class AgeGenderClassifier(EncoderClassifier):
             logger.info("exporting the model to ONNX: %s (once)", onnx_path)
             # Our own graph keeps raw logits, so results equal the torch path's.
             export_onnx(self.mods.model, onnx_path, self.labels, gender_probabilities=False)
-        providers = (["CUDAExecutionProvider", "CPUExecutionProvider"]
-                     if self.device_type == "cuda" else None)
+        providers = None
+        if self.device_type == "cuda":
+            index = torch.device(self.device).index
+            device_id = torch.cuda.current_device() if index is None else index
+            providers = [("CUDAExecutionProvider", {"device_id": device_id}),
+                         "CPUExecutionProvider"]
         session = OnnxAgeGender(onnx_path, providers=providers, threads=threads)
         if session.labels is not None and session.labels != self.labels:
             raise CheckpointError(f"{onnx_path}: labels {session.labels} differ from the "

@@ -175,7 +175,26 @@ def export_onnx(
 
     n = max(MIN_SAMPLES, int(round(example_seconds * 16000)))
     example = (torch.randn(1, n, generator=torch.Generator().manual_seed(0)),)
-    tmp = path.with_name(path.name + ".partial")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    try:
+        _export_to(module, example, tmp, opset, dynamo, verbose)
+        proto = onnx.load(str(tmp))
+        meta = {
+            "agegender_sb.labels": ",".join(labels),
+            "agegender_sb.logits_gender": "probabilities" if gender_probabilities else "logits",
+        }
+        for key, value in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _export_to(module, example, tmp: Path, opset: int, dynamo: bool, verbose: bool) -> None:
+    """Run torch's ONNX exporter (dynamo or TorchScript) into ``tmp``."""
     with warnings.catch_warnings():
         if not verbose:
             warnings.simplefilter("ignore")
@@ -195,17 +214,6 @@ def export_onnx(
                 dynamic_axes={INPUT_NAME: {1: "time"}}, do_constant_folding=True,
                 verbose=verbose,
             )
-    proto = onnx.load(str(tmp))
-    meta = {
-        "agegender_sb.labels": ",".join(labels),
-        "agegender_sb.logits_gender": "probabilities" if gender_probabilities else "logits",
-    }
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, path)
-    return path
 
 
 # --------------------------------------------------------------------------------------
@@ -236,25 +244,29 @@ def quantize_onnx_dynamic(src: str | os.PathLike, dst: str | os.PathLike) -> Pat
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     dst = Path(dst)
-    tmp = dst.with_name(dst.name + ".partial")
-    quantize_dynamic(
-        str(src),
-        str(tmp),
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul"],
-        # needed for graphs from onnxruntime.transformers.optimizer (com.microsoft ops
-        # defeat shape inference: "Unable to find data type for weight_name=...")
-        extra_options={"DefaultTensorType": TensorProto.FLOAT},
-    )
-    meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
-    proto = onnx.load(str(tmp))
-    present = {p.key for p in proto.metadata_props}
-    for key, value in meta.items():
-        if key not in present:
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, dst)
+    tmp = dst.with_name(f"{dst.name}.{os.getpid()}.partial")
+    try:
+        quantize_dynamic(
+            str(src),
+            str(tmp),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"],
+            # needed for graphs from onnxruntime.transformers.optimizer (com.microsoft ops
+            # defeat shape inference: "Unable to find data type for weight_name=...")
+            extra_options={"DefaultTensorType": TensorProto.FLOAT},
+        )
+        meta = {p.key: p.value
+                for p in onnx.load(str(src), load_external_data=False).metadata_props}
+        proto = onnx.load(str(tmp))
+        present = {p.key for p in proto.metadata_props}
+        for key, value in meta.items():
+            if key not in present:
+                entry = proto.metadata_props.add()
+                entry.key, entry.value = key, value
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
     return dst
 
 

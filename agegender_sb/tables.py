@@ -228,15 +228,18 @@ def _parse_lines(path, data: bytes, fmt: str, labels) -> tuple[list[tuple[int, d
         if not lines:
             return [], 0
         header_end, header = lines[0]
-        got = next(csv.reader([header.decode("utf-8")]))
+        try:
+            got = next(csv.reader([header.decode("utf-8")]))
+        except UnicodeDecodeError as err:
+            raise TableError(f"{path}, line 1: not UTF-8 text ({err})") from err
         if got != cols:
             raise TableError(f"{path}: columns {got} do not match this model's {cols}")
         lines = lines[1:]
     for lineno, (end, raw) in enumerate(lines, start=2 if fmt == "csv" else 1):
-        text = raw.decode("utf-8")
-        if not text.strip():
-            continue
         try:
+            text = raw.decode("utf-8")
+            if not text.strip():
+                continue
             if fmt == "csv":
                 cells = next(csv.reader([text]))
                 if len(cells) != len(cols):
@@ -244,10 +247,12 @@ def _parse_lines(path, data: bytes, fmt: str, labels) -> tuple[list[tuple[int, d
                 raw_rec = dict(zip(cols, cells))
             else:
                 raw_rec = json.loads(text)
-                if not isinstance(raw_rec, dict) or set(raw_rec) != set(cols):
+                if not isinstance(raw_rec, dict):
+                    raise ValueError(f"not a JSON object: {text.strip()[:80]}")
+                if set(raw_rec) != set(cols):
                     raise ValueError(f"keys {sorted(raw_rec)} do not match {cols}")
             rec = {c: _parse_value(c, raw_rec.get(c), labels) for c in cols}
-        except ValueError as err:
+        except (ValueError, TypeError) as err:  # UnicodeDecodeError is a ValueError
             raise TableError(f"{path}, line {lineno}: cannot be parsed ({err})") from err
         records.append((end, rec))
     return records, header_end
@@ -297,12 +302,11 @@ def prepare_resume(path: str | os.PathLike, labels: Sequence[str],
     fmt = guess_format(path, fmt)
     data = path.read_bytes()
     records, header_end = _parse_lines(path, data, fmt, tuple(labels))
-    keep = header_end
-    kept = []
+    keep, n_kept = header_end, 0
     for i, (end, rec) in enumerate(records):
         if is_group_end(rec):
-            keep = end
-            kept = [r for _, r in records[: i + 1]]
+            keep, n_kept = end, i + 1
+    kept = [r for _, r in records[:n_kept]]
     if keep < len(data):
         with open(path, "r+b") as fh:
             fh.truncate(keep)

@@ -25,6 +25,7 @@ import soundfile as sf
 import torch
 
 from .audio import (
+    MIN_SAMPLES,
     SAMPLE_RATE,
     AudioError,
     check_signal,
@@ -171,6 +172,9 @@ def plan_windows(
         raise ValueError(f"window and hop must be positive, got {window} and {hop}")
     if hop > window:
         raise ValueError(f"hop ({hop} s) longer than the window ({window} s) would skip audio")
+    if window * sample_rate < MIN_SAMPLES * sample_rate / SAMPLE_RATE:
+        raise ValueError(f"window ({window} s) shorter than the encoder's {MIN_SAMPLES} samples "
+                         f"({1000 * MIN_SAMPLES / SAMPLE_RATE:.0f} ms)")
     win = max(1, round(window * sample_rate))
     step = max(1, round(hop * sample_rate))
     tail = round(min_tail * sample_rate)
@@ -336,7 +340,7 @@ def predict_signals(clf, signals: Sequence[torch.Tensor], batch_size: int = 1):
         wavs = torch.zeros(len(idx), longest)
         for row, i in enumerate(idx):
             wavs[row, : signals[i].shape[-1]] = signals[i].to(wavs.device)
-        lens = torch.tensor([signals[i].shape[-1] / longest for i in idx])
+        lens = torch.tensor([signals[i].shape[-1] / longest for i in idx], dtype=torch.float64)
         batch = clf.predict_batch(wavs, lens)
         for row, i in enumerate(idx):
             preds[i] = take(batch, [row])
@@ -434,8 +438,9 @@ def analyse_files(
 
     With ``batch_size > 1``, files analysed whole are read ``4 * batch_size`` at a time and
     predicted in length-sorted batches; results are still yielded in input order and do not
-    depend on the batch size. ``FileNotFoundError`` and ``AudioError`` (and other ``OSError``)
-    are yielded, not raised, so one bad file does not stop the others.
+    depend on the batch size. ``FileNotFoundError`` and ``AudioError`` (and other ``OSError``),
+    and a ``RuntimeError`` naming the file where the model itself fails on it (e.g. out of
+    memory), are yielded, not raised, so one bad file does not stop the others.
     """
     window, hop, max_whole = _check_params(window, hop, max_whole)
     paths = list(paths)
@@ -455,11 +460,23 @@ def analyse_files(
                     whole.append((j, duration, load_audio(path)))
             except (OSError, AudioError) as err:
                 results[j] = err
-        if whole:
-            preds = predict_signals(clf, [w for _, _, w in whole], batch_size)
+            except RuntimeError as err:  # the model failed on it (e.g. out of memory)
+                results[j] = RuntimeError(f"{path}: the model failed on this file ({err})")
+        try:
+            preds = predict_signals(clf, [w for _, _, w in whole], batch_size) if whole else None
             for row, (j, duration, _) in enumerate(whole):
                 pred = take(preds, [row])
                 results[j] = FileAnalysis(str(group[j]), duration, pred, [(0.0, duration)],
                                           pred, False)
+        except RuntimeError:
+            # One of the batch failed: analyse them one by one to find which.
+            for j, duration, wav in whole:
+                try:
+                    pred = predict_signals(clf, [wav])
+                    results[j] = FileAnalysis(str(group[j]), duration, pred,
+                                              [(0.0, duration)], pred, False)
+                except RuntimeError as err:
+                    results[j] = RuntimeError(
+                        f"{group[j]}: the model failed on this file ({err})")
         for j, path in enumerate(group):
             yield path, results[j]

@@ -145,6 +145,8 @@ def prepare(
     _check(splits)
 
     output_folder.mkdir(parents=True, exist_ok=True)
+    # an interrupted run must not leave an options file that vouches for mixed manifests
+    options_file.unlink(missing_ok=True)
     for split in SPLITS:
         utts = apply_child_rule(splits[split], child_age)
         write_manifest(utts, outputs[split])

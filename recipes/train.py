@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import random
 import re
 import shutil
 import sys
@@ -179,7 +178,8 @@ def resolve_init_source(source: str, savedir: str) -> InitSource:
 
 
 # ============================================================================ data
-def read_segment(path, start=None, stop=None, crop_seconds=None, rng=random) -> torch.Tensor:
+def read_segment(path, start=None, stop=None, crop_seconds=None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
     """Read ``[start, stop)`` seconds of a file as 16 kHz mono, optionally a random crop.
 
     Parameters
@@ -190,8 +190,9 @@ def read_segment(path, start=None, stop=None, crop_seconds=None, rng=random) -> 
         Segment bounds in seconds (whole file when None).
     crop_seconds : float, optional
         If the segment is longer, a random window of this length is read instead.
-    rng : random.Random
-        Source of the crop offset.
+    generator : torch.Generator, optional
+        Source of the crop offset (default: torch's global generator, which DataLoader seeds
+        differently in each worker and each epoch).
     """
     info = sf.info(str(path))
     sr = info.samplerate
@@ -200,7 +201,7 @@ def read_segment(path, start=None, stop=None, crop_seconds=None, rng=random) -> 
     if crop_seconds is not None and crop_seconds > 0:
         crop = int(round(crop_seconds * sr))
         if last - first > crop:
-            first = rng.randint(first, last - crop)
+            first = int(torch.randint(first, last - crop + 1, (1,), generator=generator))
             last = first + crop
     data, sr = sf.read(str(path), start=first, stop=last, dtype="float32", always_2d=True)
     wav = to_mono_16k(data, sr, name=str(path))
@@ -225,14 +226,13 @@ def dataio_prepare(hparams: dict, labels) -> dict:
         For a gender label the model does not have.
     """
     label_index = {lab: i for i, lab in enumerate(labels)}
-    rng = random.Random(hparams["seed"] + int(os.environ.get("RANK", 0)))
 
     def make_pipeline(crop):
         @sb.utils.data_pipeline.takes("wav", "start", "stop")
         @sb.utils.data_pipeline.provides("sig")
         def audio_pipeline(wav, start, stop):
             return read_segment(wav, _float_or_none(start), _float_or_none(stop),
-                                crop_seconds=crop, rng=rng)
+                                crop_seconds=crop)
 
         return audio_pipeline
 
@@ -744,6 +744,8 @@ def main(argv=None) -> None:
                          f"got {hparams['freeze']!r}")
     if hparams["best_metric"] not in BEST_METRICS:
         raise SystemExit(f"error: best_metric must be one of {sorted(BEST_METRICS)}")
+    if not float(run_opts.get("max_grad_norm", hparams["max_grad_norm"])) > 0:
+        raise SystemExit("error: max_grad_norm must be > 0 (SpeechBrain always clips)")
 
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"],
@@ -796,6 +798,11 @@ def main(argv=None) -> None:
     if if_main_process():
         path = export_model(brain, hparams, init)
         logger.info("best checkpoint (%s) exported to %s", key, path)
+    # Every rank waits for the export, then leaves the process group cleanly (a rank that
+    # exits while others still talk to it aborts, and torchrun reports the run as failed).
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        sb.utils.distributed.ddp_barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -346,3 +346,29 @@ def test_plain_init_frozen_encoder(manifests, plain_wav2vec2, tmp_path):
     assert "heads start from random" in (out / "log.txt").read_text()
     assert not (out / "confusion_matrix.png").exists()
     _check_export_matches(out, manifests)
+
+
+def test_read_segment_bounds_resampling_and_crops(tmp_path):
+    """Segments equal the matching slice of the file; 8 kHz input is resampled like
+    ``agegender_sb.audio``; crops are contiguous slices inside the segment, and vary."""
+    import torchaudio
+
+    rng = np.random.default_rng(4)
+    x16 = (0.1 * rng.standard_normal(48000)).astype(np.float32)
+    sf.write(tmp_path / "a.wav", x16, 16000, subtype="FLOAT")
+    seg = read_segment(str(tmp_path / "a.wav"), 1.0, 2.5)
+    assert torch.equal(seg, torch.from_numpy(x16[16000:40000]))
+    x8 = (0.1 * rng.standard_normal(24000)).astype(np.float32)
+    sf.write(tmp_path / "b.wav", x8, 8000, subtype="FLOAT")
+    expected = torchaudio.functional.resample(torch.from_numpy(x8[8000:16000]), 8000, 16000)
+    assert torch.allclose(read_segment(str(tmp_path / "b.wav"), 1.0, 2.0), expected, atol=1e-6)
+    starts = set()
+    for seed in range(6):
+        crop = read_segment(str(tmp_path / "a.wav"), 1.0, 2.5, crop_seconds=0.5,
+                            generator=torch.Generator().manual_seed(seed))
+        assert crop.shape == (8000,)
+        hits = [s for s in range(16000, 40000 - 8000 + 1)
+                if torch.equal(crop, torch.from_numpy(x16[s : s + 8000]))]
+        assert len(hits) == 1
+        starts.add(hits[0])
+    assert len(starts) > 1

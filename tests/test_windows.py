@@ -209,3 +209,28 @@ def test_classify_file_windows_long_files_like_predict_file(tiny_checkpoint, tmp
     # windowed: not the same as one pass over the whole file
     whole = clf.predict_file(path, max_whole=60)
     assert not torch.allclose(whole.gender_probs, pred.gender_probs, atol=1e-6)
+
+
+def test_model_failure_on_one_file_does_not_stop_the_others(tiny_checkpoint, tmp_path):
+    """A file the model fails on (here: a model that runs out of memory past 2 s) gets its own
+    error naming it; its batch neighbours are analysed one by one and keep their results."""
+    from agegender_sb.windows import analyse_files
+
+    class SmallMemoryClassifier(AgeGenderClassifier):
+        def predict_batch(self, wavs, wav_lens=None):
+            if wavs.shape[-1] > 32000:
+                raise RuntimeError("out of memory")
+            return super().predict_batch(wavs, wav_lens)
+
+    clf = SmallMemoryClassifier.from_hparams(source=tiny_checkpoint)
+    rng = np.random.RandomState(0)
+    paths = []
+    for name, seconds in (("a", 1.0), ("big", 3.0), ("b", 1.5)):
+        paths.append(str(tmp_path / f"{name}.wav"))
+        sf.write(paths[-1], (0.1 * rng.randn(int(16000 * seconds))).astype(np.float32), 16000)
+    results = dict(analyse_files(clf, paths, batch_size=3))
+    assert isinstance(results[paths[1]], RuntimeError)
+    assert str(results[paths[1]]).startswith(f"{paths[1]}: the model failed")
+    for p in (paths[0], paths[2]):
+        expected = AgeGenderClassifier.predict_batch(clf, load_audio(p))
+        assert torch.allclose(results[p].prediction.age, expected.age, atol=1e-5)
