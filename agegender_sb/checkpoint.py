@@ -85,6 +85,8 @@ ARCH_FIELDS = (
     "mask_feature_length",
     "final_dropout",
 )
+#: Top-level inference settings a saved model folder keeps besides the architecture.
+SETTING_FIELDS = ("sample_rate", "age_scale", "norm_eps", "attn_implementation")
 REQUIRED_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
 

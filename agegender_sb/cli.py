@@ -374,13 +374,17 @@ def cmd_predict(args) -> int:
 
 
 def _predict(args, dist, device, fmt, inputs, spk_map) -> int:
+    # Every rank reaches each check below, so that a failure on one rank stops all of them
+    # instead of leaving the others waiting at the next collective.
+    problem = None
     try:
         clf = _load(args.source, device, args.backend, args.precision, args.onnx_path)
     except ImportError as err:  # --backend onnx without onnxruntime
-        _error("predict", err)
-        return 2
+        problem = err
     except (OSError, CheckpointError, ValueError) as err:
-        _error("predict", f"cannot load the model {args.source}: {err}")
+        problem = f"cannot load the model {args.source}: {err}"
+    if dist.any_true(problem is not None, device):
+        _error("predict", problem or "the model could not be loaded on another rank")
         return 2
     labels = clf.labels
     output = Path(args.output) if args.output else None
@@ -391,11 +395,18 @@ def _predict(args, dist, device, fmt, inputs, spk_map) -> int:
         try:
             if dist.rank == 0:
                 existing = prepare_resume(output, labels, fmt)
-            dist.barrier()
+        except TableError as err:
+            problem = err
+        if dist.any_true(problem is not None, device):
+            _error("predict", problem or f"{output}: cannot be resumed (see rank 0)")
+            return 2
+        try:
             if dist.rank != 0 and output.exists():
                 existing = read_table(output, labels, fmt)
         except TableError as err:
-            _error("predict", err)
+            problem = err
+        if dist.any_true(problem is not None, device):
+            _error("predict", problem or f"{output}: cannot be read (see the failing rank)")
             return 2
     input_set = set(inputs)
     results: dict[str, dict] = {}  # path -> file row (for speakers)
@@ -436,11 +447,18 @@ def _predict(args, dist, device, fmt, inputs, spk_map) -> int:
             # ---- distributed: rank 0 merges the part files in input order
             writer.close()
             dist.barrier()
+            merge_error = None
             if dist.rank == 0:
-                writer = TableWriter(output, labels, fmt, append=args.resume)
-                failed = _merge_parts(writer, output, dist.world, labels, todo, results) \
-                    or failed
-            failed = dist.any_true(failed, device)
+                try:
+                    writer = TableWriter(output, labels, fmt, append=args.resume)
+                    failed = _merge_parts(writer, output, dist.world, labels, todo,
+                                          results) or failed
+                except (RuntimeError, TableError, OSError) as err:  # part files kept
+                    merge_error = err
+            failed = dist.any_true(failed or merge_error is not None, device)
+            if merge_error is not None:
+                _error("predict", merge_error)
+                return 1
             if dist.rank != 0:
                 return 1 if failed else 0
         # ---- speakers

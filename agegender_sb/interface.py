@@ -17,6 +17,7 @@ from speechbrain.utils.fetching import FetchConfig, FetchFrom, LocalStrategy, fe
 from .audio import load_audio, relative_to_samples, validate_batch
 from .checkpoint import (
     ARCH_FIELDS,
+    SETTING_FIELDS,
     WEIGHT_FILES,
     CheckpointError,
     hparams_from_config,
@@ -178,7 +179,8 @@ class AgeGenderClassifier(EncoderClassifier):
         self.labels = tuple(self.hparams.gender_labels)
         self.source_layout = getattr(self.hparams, "source_layout", "speechbrain")
         self.config = getattr(self.hparams, "config", None)
-        self.arch_hparams = {k: getattr(self.hparams, k) for k in ARCH_FIELDS
+        # architecture and settings, as a saved model folder should repeat them
+        self.arch_hparams = {k: getattr(self.hparams, k) for k in (*ARCH_FIELDS, *SETTING_FIELDS)
                              if hasattr(self.hparams, k)}
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")

@@ -9,7 +9,7 @@ error``. Three kinds of rows share them:
 - speaker rows (``--speakers``): ``path`` is the speaker id, ``start``/``end`` empty,
   ``duration`` the total analysed duration of the speaker's files.
 
-On failure a file row has only ``path``, ``duration`` (when known) and ``error``. Numbers are
+On failure a file row has only ``path`` and ``error``. Numbers are
 written with 3 decimals for seconds, 2 for years and 4 for probabilities. In JSONL, empty
 values are ``null``.
 """

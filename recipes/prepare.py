@@ -168,6 +168,8 @@ def _complete_splits(splits, valid_fraction, test_fraction, seed):
         for split, utts in carved.items():
             splits.setdefault(split, []).extend(utts)
     if "valid" not in splits:
+        if not splits.get("train"):
+            raise PrepareError("no train utterances to carve a valid split from")
         carved = speaker_split(splits["train"], {"valid": valid_fraction}, seed)
         splits["train"], splits["valid"] = carved["train"], carved["valid"]
     for split in SPLITS:

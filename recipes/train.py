@@ -41,9 +41,10 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from agegender_sb.audio import MIN_SAMPLES, to_mono_16k
+from agegender_sb.audio import MIN_SAMPLES, AudioError, soundfile_call, to_mono_16k
 from agegender_sb.checkpoint import (
     ARCH_FIELDS,
+    SETTING_FIELDS,
     CheckpointError,
     find_weights_file,
     hparams_from_config,
@@ -194,7 +195,7 @@ def read_segment(path, start=None, stop=None, crop_seconds=None,
         Source of the crop offset (default: torch's global generator, which DataLoader seeds
         differently in each worker and each epoch).
     """
-    info = sf.info(str(path))
+    info = soundfile_call(path, sf.info)
     sr = info.samplerate
     first = 0 if start is None else int(round(start * sr))
     last = info.frames if stop is None else min(int(round(stop * sr)), info.frames)
@@ -203,8 +204,11 @@ def read_segment(path, start=None, stop=None, crop_seconds=None,
         if last - first > crop:
             first = int(torch.randint(first, last - crop + 1, (1,), generator=generator))
             last = first + crop
-    data, sr = sf.read(str(path), start=first, stop=last, dtype="float32", always_2d=True)
+    data, sr = soundfile_call(
+        path, lambda p: sf.read(p, start=first, stop=last, dtype="float32", always_2d=True))
     wav = to_mono_16k(data, sr, name=str(path))
+    if not torch.isfinite(wav).all():
+        raise AudioError(f"{path}: the audio contains NaN or infinite samples")
     if wav.shape[0] < MIN_SAMPLES:  # a very short segment: pad to one encoder frame
         wav = torch.nn.functional.pad(wav, (0, MIN_SAMPLES - wav.shape[0]))
     return wav
@@ -699,7 +703,7 @@ def write_plots(folder, summary: dict, rows: list, labels) -> None:
 
 def export_model(brain: AgeGenderBrain, hparams: dict, init: InitSource) -> Path:
     """Write the brain's current (best, after ``evaluate``) weights as a model folder."""
-    arch = {k: hparams[k] for k in (*ARCH_FIELDS, "norm_eps") if k in hparams}
+    arch = {k: hparams[k] for k in (*ARCH_FIELDS, *SETTING_FIELDS) if k in hparams}
     return save_model_folder(brain.raw_model(), hparams["gender_labels"], arch,
                              hparams["export_folder"], config=init.config)
 
@@ -808,6 +812,6 @@ def main(argv=None) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except (CheckpointError, ValueError) as err:
+    except (CheckpointError, ValueError, OSError) as err:  # AudioError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from err

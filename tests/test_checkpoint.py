@@ -218,3 +218,15 @@ def test_hub_id_goes_through_the_hub_client(tmp_path, tiny_card, tiny_checkpoint
                                             savedir=tmp_path / "save2", fetch_config=cfg2)
     assert clf2.source_layout == "speechbrain"
     assert torch.allclose(_outputs(clf2), _ref_outputs(card), atol=1e-4, rtol=0)
+
+
+def test_converted_folder_keeps_inference_settings(tmp_path, tiny_checkpoint):
+    from agegender_sb.checkpoint import save_speechbrain_folder
+
+    clf = AgeGenderClassifier.from_hparams(source=tiny_checkpoint,
+                                           overrides={"age_scale": 90.0, "norm_eps": 1e-5})
+    out = save_speechbrain_folder(clf, tmp_path / "sb")
+    again = AgeGenderClassifier.from_hparams(source=str(out), savedir=tmp_path / "s")
+    assert again.hparams.age_scale == 90.0 and again.hparams.norm_eps == 1e-5
+    x = torch.from_numpy(X)
+    assert torch.allclose(again.predict_batch(x).age, clf.predict_batch(x).age, atol=1e-5)

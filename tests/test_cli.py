@@ -450,3 +450,13 @@ def test_onnx_backend_and_export(clf, corpus, tiny_checkpoint, tmp_path, capsys)
     assert np.allclose(res["logits_gender"][0], ref.gender_probs[0].numpy(), atol=1e-4)
     assert main(["export-onnx", str(tmp_path / "nowhere"), str(tmp_path / "x.onnx")]) == 1
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("content", [b"5\n", b"null\n", b'{"path": [1]}\n', b"\xff\xfe\n"])
+def test_resume_refuses_a_damaged_table(corpus, tiny_checkpoint, tmp_path, capsys, content):
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(content)
+    status = _predict(corpus["good"][0], "--source", tiny_checkpoint, "-o", out, "--resume")
+    assert status == 2
+    assert f"{out}, line 1: cannot be parsed" in capsys.readouterr().err
+    assert out.read_bytes() == content  # nothing rewritten

@@ -707,3 +707,28 @@ def test_speechocean762(tmp_path):
             assert float(row["duration"]) == pytest.approx(info.frames / info.samplerate, 1e-3)
     all_train = set(read_speaker_table(SPEECHOCEAN / "train" / "utt2spk"))
     assert set(outputs["train"]) | set(outputs["valid"]) == all_train
+
+
+def test_kaldi_segment_starting_after_the_recording(tmp_path):
+    root = tmp_path / "corpus"
+    make_kaldi(root)
+    segments = root / "test" / "segments"
+    segments.write_text(segments.read_text().replace("t2_a rec2 0.5 -1", "t2_a rec2 2.5 -1"))
+    with pytest.raises(common.PrepareError, match=r"line 3: segment 't2_a' \(2.5-2.0 s\)"):
+        prep.prepare("kaldi", root, tmp_path / "out")
+
+
+def test_csv_non_finite_times_and_no_train_rows(tmp_path):
+    root = tmp_path / "corpus"
+    _rows, text = make_table(root, ",", with_split=True)
+    table = root / "labels.csv"
+    kw = dict(path_column="file", age_column="age_years", gender_column="sex",
+              speaker_column="spk", split_column="subset")  # fmt: skip
+    table.write_text(text.replace("file,spk", "file,start,spk").replace(".wav,", ".wav,nan,"))
+    with pytest.raises(common.PrepareError, match=f"{table}, line 2: invalid time 'nan'"):
+        prep.prepare("csv", table, tmp_path / "out", start_column="start", **kw)
+    lines = text.splitlines()
+    test_only = [ln for ln in lines[1:] if ln.endswith(",test")]
+    table.write_text("\n".join([lines[0], *test_only]) + "\n")
+    with pytest.raises(common.PrepareError, match="no train utterances"):
+        prep.prepare("csv", table, tmp_path / "out2", **kw)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -224,6 +225,6 @@ def _seconds(value: str, path: Path, line: int) -> float:
         seconds = float(value)
     except ValueError:
         raise PrepareError(f"invalid time {value!r}", path, line) from None
-    if seconds < 0:
-        raise PrepareError(f"negative time {value!r}", path, line)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise PrepareError(f"invalid time {value!r} (need a finite number >= 0)", path, line)
     return seconds

@@ -117,9 +117,10 @@ def read_kaldi_dir(split_dir: Path, root: Path) -> list[Utterance]:
         else:
             if stop is None:
                 stop = file_dur
-            if stop > file_dur + 0.05:
+            if stop > file_dur + 0.05 or stop <= start:
                 raise PrepareError(
-                    f"segment {utt!r} ends at {stop} s after the end of {wav} ({file_dur:.3f} s)",
+                    f"segment {utt!r} ({start}-{stop} s) does not fit in {wav} "
+                    f"({file_dur:.3f} s)",
                     segments_file,
                     seg_line,
                 )
