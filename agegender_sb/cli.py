@@ -274,23 +274,16 @@ class _Dist:
             dist.destroy_process_group()
 
 
-def _file_record(path, analysis, labels) -> dict:
-    pred = analysis.prediction
-    rec = {"path": path, "start": None, "end": None, "duration": analysis.duration,
-           "age": float(pred.age[0]), "gender": pred.gender[0], "error": None}
-    rec.update({lab: float(pred.gender_probs[0, j]) for j, lab in enumerate(labels)})
-    return rec
+def _file_record(path, analysis) -> dict:
+    return {"path": path, "start": None, "end": None, "duration": analysis.duration,
+            "error": None, **analysis.prediction.to_records()[0]}
 
 
-def _segment_records(path, analysis, labels) -> list[dict]:
-    preds = analysis.segment_predictions
-    out = []
-    for k, (start, end) in enumerate(analysis.segments):
-        rec = {"path": path, "start": start, "end": end, "duration": end - start,
-               "age": float(preds.age[k]), "gender": preds.gender[k], "error": None}
-        rec.update({lab: float(preds.gender_probs[k, j]) for j, lab in enumerate(labels)})
-        out.append(rec)
-    return out
+def _segment_records(path, analysis) -> list[dict]:
+    return [{"path": path, "start": start, "end": end, "duration": end - start, "error": None,
+             **rec}
+            for (start, end), rec in zip(analysis.segments,
+                                         analysis.segment_predictions.to_records())]
 
 
 def _error_record(path, err) -> dict:
@@ -437,9 +430,9 @@ def _predict(args, dist, device, fmt, inputs, spk_map) -> int:
                     failed = True
                 else:
                     if args.segments:
-                        for seg in _segment_records(path, res, labels):
+                        for seg in _segment_records(path, res):
                             writer.write(seg)
-                    rec = _file_record(path, res, labels)
+                    rec = _file_record(path, res)
                     results[path] = rec
                 writer.write(rec)
                 bar.update(1)
