@@ -368,15 +368,17 @@ class AgeGenderStats:
     (2.0, 0.5, 0.5, [[1, 1], [0, 0]])
     """
 
-    def __init__(self, labels, band_edges):
+    def __init__(self, labels, band_edges, age_weight=1.0, gender_weight=1.0):
         self.labels = list(labels)
         self.edges = [float(e) for e in band_edges]
+        self.weights = (float(age_weight), float(gender_weight))
         n = len(self.labels)
         nb = len(self.edges) + 1
-        # [abs err sum, count] overall, per band; loss sum, batch count; confusion
+        # [abs err sum, count] overall, per band; [age loss sum, count, gender loss sum,
+        # count] (per utterance, so the epoch loss does not depend on batching); confusion
         self.age = torch.zeros(2, dtype=torch.float64)
         self.bands = torch.zeros(nb, 2, dtype=torch.float64)
-        self.loss = torch.zeros(2, dtype=torch.float64)
+        self.loss = torch.zeros(4, dtype=torch.float64)
         self.confusion = torch.zeros(n, n, dtype=torch.float64)
 
     def band_names(self) -> list[str]:
@@ -388,8 +390,12 @@ class AgeGenderStats:
         names.append(f"{lo:g}+" if lo is not None else "all")
         return names
 
-    def append(self, age_pred_years, age_true_years, gender_pred, gender_true, loss=None):
-        """Add a batch (CPU or device tensors; NaN age / -1 gender = unknown)."""
+    def append(self, age_pred_years, age_true_years, gender_pred, gender_true, losses=None):
+        """Add a batch (CPU or device tensors; NaN age / -1 gender = unknown).
+
+        ``losses``: the batch's ``(age_loss, gender_loss)`` terms of :func:`multitask_loss`
+        (means over the utterances having each label), accumulated per utterance.
+        """
         age_pred_years = age_pred_years.detach().double().cpu()
         age_true_years = age_true_years.detach().double().cpu()
         known = torch.isfinite(age_true_years)
@@ -405,8 +411,11 @@ class AgeGenderStats:
         gp = gender_pred.detach().cpu().long()
         for t, p in zip(gt[gt >= 0].tolist(), gp[gt >= 0].tolist()):
             self.confusion[t, p] += 1
-        if loss is not None:
-            self.loss += torch.tensor([float(loss), 1.0], dtype=torch.float64)
+        if losses is not None:
+            n_age, n_gender = float(known.sum()), float((gt >= 0).sum())
+            self.loss += torch.tensor([float(losses[0]) * n_age, n_age,
+                                       float(losses[1]) * n_gender, n_gender],
+                                      dtype=torch.float64)
 
     def all_reduce(self) -> None:
         """Sum the counts over DDP ranks (no-op outside DDP)."""
@@ -423,8 +432,8 @@ class AgeGenderStats:
         nb, n = self.bands.shape[0], len(self.labels)
         self.age = flat[:2]
         self.bands = flat[2:2 + 2 * nb].reshape(nb, 2)
-        self.loss = flat[2 + 2 * nb:4 + 2 * nb]
-        self.confusion = flat[4 + 2 * nb:].reshape(n, n)
+        self.loss = flat[2 + 2 * nb:6 + 2 * nb]
+        self.confusion = flat[6 + 2 * nb:].reshape(n, n)
 
     def summarize(self) -> dict:
         """``loss, mae, mae_per_band, n_age, acc, uar, recall, n_gender, confusion`` (NaN
@@ -437,7 +446,9 @@ class AgeGenderStats:
         present = support > 0
         recall = {lab: ratio(correct[i], support[i]) for i, lab in enumerate(self.labels)}
         return {
-            "loss": ratio(self.loss[0], self.loss[1]),
+            "loss": self.weights[0] * (ratio(self.loss[0], self.loss[1]) if self.loss[1] else 0)
+            + self.weights[1] * (ratio(self.loss[2], self.loss[3]) if self.loss[3] else 0)
+            if self.loss[1] + self.loss[3] > 0 else math.nan,
             "mae": ratio(self.age[0], self.age[1]),
             "n_age": int(self.age[1]),
             "mae_per_band": {name: ratio(s, c) for name, (s, c) in
@@ -519,7 +530,7 @@ class AgeGenderBrain(sb.Brain):
         if stage != sb.Stage.TRAIN:
             pred_idx = predictions.gender_logits.argmax(dim=-1)
             self.stats.append(predictions.age.double() * scale, age_years, pred_idx,
-                              gender_target, loss.detach())
+                              gender_target, (age_loss.detach(), gender_loss.detach()))
             if stage == sb.Stage.TEST:
                 probs = torch.softmax(predictions.gender_logits.float(), dim=-1).cpu()
                 for i, uid in enumerate(batch.id):
@@ -575,7 +586,9 @@ class AgeGenderBrain(sb.Brain):
 
     def on_stage_start(self, stage, epoch=None):
         if stage != sb.Stage.TRAIN:
-            self.stats = AgeGenderStats(self.labels, self.hparams.age_bands)
+            self.stats = AgeGenderStats(self.labels, self.hparams.age_bands,
+                                        self.hparams.age_loss_weight,
+                                        self.hparams.gender_loss_weight)
             self.test_rows = []
 
     def on_stage_end(self, stage, stage_loss, epoch=None):

@@ -173,7 +173,7 @@ def test_batch_without_labels_gives_zero_not_nan():
 def test_stats_bands_and_uar():
     s = AgeGenderStats(["female", "male", "child"], [15, 30, 45, 60])
     s.append(torch.tensor([10.0, 20.0, 50.0, 70.0]), torch.tensor([14.0, 29.0, 45.0, 61.0]),
-             torch.tensor([2, 0, 1, 1]), torch.tensor([2, 0, 0, -1]), loss=1.0)
+             torch.tensor([2, 0, 1, 1]), torch.tensor([2, 0, 0, -1]), losses=(0.5, 1.0))
     r = s.summarize()
     assert r["mae_per_band"] == {"<15": 4.0, "15-29": 9.0, "30-44": r["mae_per_band"]["30-44"],
                                  "45-59": 5.0, "60+": 9.0}
@@ -182,6 +182,24 @@ def test_stats_bands_and_uar():
     assert r["acc"] == pytest.approx(2 / 3)
     assert r["uar"] == pytest.approx((0.5 + 1.0) / 2)  # male absent from the truth
     assert r["confusion"] == [[1, 1, 0], [0, 0, 0], [0, 0, 1]]
+
+
+def test_epoch_loss_does_not_depend_on_batching():
+    """The stats' loss over unevenly split batches equals multitask_loss on all utterances."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    age_pred, logits = torch.rand(7), torch.randn(7, 3)
+    age_t = torch.tensor([0.1, float("nan"), 0.3, 0.2, float("nan"), 0.5, 0.4])
+    gender_t = torch.tensor([0, 1, -1, 2, 2, -1, 1])
+    full, _, _ = multitask_loss(age_pred, logits, age_t, gender_t, F.l1_loss, 2.0, 0.5)
+    s = AgeGenderStats(["female", "male", "child"], [15], 2.0, 0.5)
+    for part in (slice(0, 2), slice(2, 3), slice(3, 7)):
+        _, a, g = multitask_loss(age_pred[part], logits[part], age_t[part], gender_t[part],
+                                 F.l1_loss, 2.0, 0.5)
+        s.append(age_pred[part] * 100, age_t[part] * 100, logits[part].argmax(-1),
+                 gender_t[part], (a, g))
+    assert s.summarize()["loss"] == pytest.approx(float(full), rel=1e-6)
 
 
 def _tiny_encoder(**kw):
