@@ -26,6 +26,7 @@ __all__ = [
     "CheckpointError",
     "fold_weight_norm",
     "load_strict",
+    "LazyTensor",
     "load_state_dict_file",
     "read_config",
     "hparams_from_config",
@@ -174,17 +175,49 @@ def load_strict(module: torch.nn.Module, state_dict: dict, source: str) -> None:
         raise CheckpointError(
             f"{source} does not match {type(module).__name__}: " + "; ".join(problems)
         )
-    module.load_state_dict(state_dict, strict=True)
+    # One tensor at a time: a lazily read file never needs a second copy of the model.
+    targets = module.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for key, value in state_dict.items():
+            if isinstance(value, LazyTensor):
+                value = value.load()
+            targets[key].copy_(value)
+
+
+class LazyTensor:
+    """A tensor of a safetensors file, read when :meth:`load` is called (shape known before).
+
+    :func:`load_strict` checks names and shapes first and then reads the tensors one by one,
+    each through its own short-lived memory map, so loading a checkpoint needs the model's
+    memory plus one tensor, not the model plus the whole file.
+    """
+
+    def __init__(self, shape, key: str, path: Path):
+        self.shape, self.key, self.path = torch.Size(shape), key, path
+
+    def load(self) -> torch.Tensor:
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self.path), framework="pt", device="cpu") as handle:
+                return handle.get_tensor(self.key).clone()
+        except Exception as err:  # safetensors raises its own SafetensorError
+            raise CheckpointError(f"{self.path}: cannot read tensor {self.key} ({err})") from err
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict:
-    """Read ``*.safetensors`` or a torch pickle (``weights_only=True``: no code is run)."""
+    """Tensors of ``*.safetensors`` (as :class:`LazyTensor`) or of a torch pickle.
+
+    Pickles are read with ``weights_only=True``: no code is run.
+    """
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
         try:
-            return load_file(str(path), device="cpu")
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                return {key: LazyTensor(handle.get_slice(key).get_shape(), key, path)
+                        for key in handle.keys()}
         except Exception as err:  # safetensors raises its own SafetensorError
             raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
     try:
