@@ -157,7 +157,6 @@ def export_onnx(
     Full-size export (24 layers, torch 2.14, dynamo) takes about 30 s and 7 GB of RAM and
     writes a 1.2 GB file.
     """
-    import onnx
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -178,19 +177,27 @@ def export_onnx(
     tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
     try:
         _export_to(module, example, tmp, opset, dynamo, verbose)
-        proto = onnx.load(str(tmp))
-        meta = {
+        _add_metadata(tmp, {
             "agegender_sb.labels": ",".join(labels),
             "agegender_sb.logits_gender": "probabilities" if gender_probabilities else "logits",
-        }
-        for key, value in meta.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.save(proto, str(tmp))
+        })
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _add_metadata(path: Path, meta: dict) -> None:
+    """Add ``meta`` to an ONNX file's metadata (keys already present are kept as they are)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    present = {p.key for p in proto.metadata_props}
+    for key, value in meta.items():
+        if key not in present:
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
 
 
 def _export_to(module, example, tmp: Path, opset: int, dynamo: bool, verbose: bool) -> None:
@@ -255,15 +262,8 @@ def quantize_onnx_dynamic(src: str | os.PathLike, dst: str | os.PathLike) -> Pat
             # defeat shape inference: "Unable to find data type for weight_name=...")
             extra_options={"DefaultTensorType": TensorProto.FLOAT},
         )
-        meta = {p.key: p.value
-                for p in onnx.load(str(src), load_external_data=False).metadata_props}
-        proto = onnx.load(str(tmp))
-        present = {p.key for p in proto.metadata_props}
-        for key, value in meta.items():
-            if key not in present:
-                entry = proto.metadata_props.add()
-                entry.key, entry.value = key, value
-        onnx.save(proto, str(tmp))
+        _add_metadata(tmp, {p.key: p.value for p in
+                            onnx.load(str(src), load_external_data=False).metadata_props})
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
