@@ -366,6 +366,15 @@ def cmd_predict(args) -> int:
         dist.close()
 
 
+def _any_rank_failed(dist, device, problem, elsewhere: str) -> bool:
+    """Whether any rank has a ``problem`` (a collective step: every rank must call it);
+    reports this rank's problem, or ``elsewhere`` when another rank failed."""
+    if dist.any_true(problem is not None, device):
+        _error("predict", problem or elsewhere)
+        return True
+    return False
+
+
 def _predict(args, dist, device, fmt, inputs, spk_map) -> int:
     # Every rank reaches each check below, so that a failure on one rank stops all of them
     # instead of leaving the others waiting at the next collective.
@@ -376,8 +385,7 @@ def _predict(args, dist, device, fmt, inputs, spk_map) -> int:
         problem = err
     except (OSError, CheckpointError, ValueError) as err:
         problem = f"cannot load the model {args.source}: {err}"
-    if dist.any_true(problem is not None, device):
-        _error("predict", problem or "the model could not be loaded on another rank")
+    if _any_rank_failed(dist, device, problem, "the model could not be loaded on another rank"):
         return 2
     labels = clf.labels
     output = Path(args.output) if args.output else None
@@ -390,16 +398,15 @@ def _predict(args, dist, device, fmt, inputs, spk_map) -> int:
                 existing = prepare_resume(output, labels, fmt)
         except TableError as err:
             problem = err
-        if dist.any_true(problem is not None, device):
-            _error("predict", problem or f"{output}: cannot be resumed (see rank 0)")
+        if _any_rank_failed(dist, device, problem, f"{output}: cannot be resumed (see rank 0)"):
             return 2
         try:
             if dist.rank != 0 and output.exists():
                 existing = read_table(output, labels, fmt)
         except TableError as err:
             problem = err
-        if dist.any_true(problem is not None, device):
-            _error("predict", problem or f"{output}: cannot be read (see the failing rank)")
+        if _any_rank_failed(dist, device, problem,
+                            f"{output}: cannot be read (see the failing rank)"):
             return 2
     input_set = set(inputs)
     results: dict[str, dict] = {}  # path -> file row (for speakers)

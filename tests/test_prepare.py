@@ -500,6 +500,11 @@ def test_timit_errors(tmp_path):
 # ----------------------------------------------------------------------------- csv
 
 
+# Column options for the tables make_table writes.
+CSV_COLUMNS = dict(path_column="file", age_column="age_years", gender_column="sex",
+                   speaker_column="spk", split_column="subset")  # fmt: skip
+
+
 def make_table(root: Path, delimiter: str, with_split: bool) -> dict[str, tuple]:
     # id -> (relative path, speaker, raw age, raw gender, split, expected age, gender)
     rows = {
@@ -531,8 +536,7 @@ def test_csv_with_split_column(tmp_path, suffix, delimiter):
     table = root / f"labels{suffix}"
     table.write_text(text)
     out = tmp_path / "out"
-    prep.prepare("csv", table, out, path_column="file", age_column="age_years",
-                 gender_column="sex", speaker_column="spk", split_column="subset")  # fmt: skip
+    prep.prepare("csv", table, out, **CSV_COLUMNS)
     outputs = read_outputs(out)
     split_map = {"train": "train", "dev": "valid", "valid": "valid", "test": "test"}
     for i, (utt, (rel, spk, _a, _g, split, age, gender)) in enumerate(rows.items()):
@@ -564,8 +568,7 @@ def test_csv_errors(tmp_path):
     root = tmp_path / "corpus"
     _rows, text = make_table(root, ",", with_split=True)
     table = root / "labels.csv"
-    kw = dict(path_column="file", age_column="age_years", gender_column="sex",
-              speaker_column="spk", split_column="subset")  # fmt: skip
+    kw = CSV_COLUMNS
     table.write_text(text.replace("wavs/c1.wav,C,NA,Female,dev", "wavs/c1.wav,C,NA,Female,dvl"))
     with pytest.raises(common.PrepareError, match="unknown split") as err:
         prep.prepare("csv", table, tmp_path / "out", **kw)
@@ -722,8 +725,7 @@ def test_csv_non_finite_times_and_no_train_rows(tmp_path):
     root = tmp_path / "corpus"
     _rows, text = make_table(root, ",", with_split=True)
     table = root / "labels.csv"
-    kw = dict(path_column="file", age_column="age_years", gender_column="sex",
-              speaker_column="spk", split_column="subset")  # fmt: skip
+    kw = CSV_COLUMNS
     table.write_text(text.replace("file,spk", "file,start,spk").replace(".wav,", ".wav,nan,"))
     with pytest.raises(common.PrepareError, match=f"{table}, line 2: invalid time 'nan'"):
         prep.prepare("csv", table, tmp_path / "out", start_column="start", **kw)
