@@ -9,10 +9,15 @@ Example
 """
 
 from .audio import AudioError, load_audio
-from .checkpoint import CheckpointError, convert_audeering_checkpoint
-from .interface import DEFAULT_SOURCE, AgeGenderClassifier, AgeGenderPrediction
+from .checkpoint import CheckpointError
+from .interface import DEFAULT_SOURCE, AgeGenderClassifier
+from .results import AgeGenderPrediction
+from .sources import SourceError, UnsafeModelError, convert
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+#: Former name of :func:`agegender_sb.sources.convert`.
+convert_audeering_checkpoint = convert
 
 __all__ = [
     "AgeGenderClassifier",
@@ -20,6 +25,9 @@ __all__ = [
     "AudioError",
     "CheckpointError",
     "DEFAULT_SOURCE",
+    "SourceError",
+    "UnsafeModelError",
+    "convert",
     "convert_audeering_checkpoint",
     "load_audio",
 ]

@@ -4,10 +4,17 @@ Everything that turns a file or a user's tensor into what the encoder expects li
 16 kHz mono float32, at least :data:`MIN_SAMPLES` long, finite, and normalised per utterance
 to zero mean and unit variance exactly as transformers' ``Wav2Vec2FeatureExtractor`` does
 (``do_normalize=True``).
+
+Resampling is bounded in time and memory for any rate: rates whose ratio to 16 kHz reduces
+to small integers (8, 11.025, 22.05, 44.1, 48, 96 kHz, ...) use torchaudio's windowed sinc,
+the reference path; others (16001 Hz, 22051 Hz, ...), where that filter bank would grow
+with the ratio's terms, use soxr. :class:`AudioFile` reads its header once and any 16 kHz
+stretch of it in blocks, equal to the matching slice of the whole resampled file.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -23,6 +30,9 @@ __all__ = [
     "AudioError",
     "read_audio",
     "soundfile_call",
+    "resampled_length",
+    "resample_to_16k",
+    "AudioFile",
     "load_audio",
     "to_mono_16k",
     "check_signal",
@@ -128,9 +138,173 @@ def to_mono_16k(
         )
     if sample_rate <= 0:
         raise AudioError(f"{name}: invalid sample rate {sample_rate}")
-    if sample_rate != SAMPLE_RATE:
-        wav = torchaudio.functional.resample(wav, sample_rate, SAMPLE_RATE)
-    return wav
+    return resample_to_16k(wav, sample_rate)
+
+
+#: Largest reduced ratio term resampled with torchaudio (its filter bank grows with it).
+MAX_SINC_TERMS = 1000
+
+
+def _ratio(sample_rate: int) -> tuple[int, int]:
+    g = math.gcd(int(sample_rate), SAMPLE_RATE)
+    return int(sample_rate) // g, SAMPLE_RATE // g
+
+
+def resampled_length(frames: int, sample_rate: int) -> int:
+    """Samples at 16 kHz that :func:`resample_to_16k` yields for ``frames`` samples.
+
+    Example
+    -------
+    >>> resampled_length(44100, 44100), resampled_length(8000, 8000), resampled_length(5, 16000)
+    (16000, 16000, 5)
+    """
+    orig, new = _ratio(sample_rate)
+    return -(-frames * new // orig)
+
+
+def resample_to_16k(wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """``[time]`` float32 at ``sample_rate`` → 16 kHz, in time and memory linear in its length.
+
+    torchaudio's windowed sinc (the reference path) where the reduced ratio's terms are at
+    most :data:`MAX_SINC_TERMS`, soxr (very high quality) otherwise; the length is always
+    :func:`resampled_length`.
+
+    Example
+    -------
+    >>> resample_to_16k(torch.zeros(16001), 16001).shape  # soxr
+    torch.Size([16000])
+    >>> resample_to_16k(torch.zeros(441), 44100).shape  # torchaudio
+    torch.Size([160])
+    """
+    if sample_rate == SAMPLE_RATE:
+        return wav
+    orig, new = _ratio(sample_rate)
+    if max(orig, new) <= MAX_SINC_TERMS:
+        return torchaudio.functional.resample(wav, sample_rate, SAMPLE_RATE)
+    import soxr
+
+    out = torch.from_numpy(soxr.resample(wav.numpy(), sample_rate, SAMPLE_RATE, quality="VHQ"))
+    n = resampled_length(wav.shape[-1], sample_rate)
+    if out.shape[-1] < n:
+        out = torch.nn.functional.pad(out, (0, n - out.shape[-1]))
+    return out[:n].contiguous()
+
+
+# torchaudio.functional.resample's defaults, used to size the context margin.
+_LOWPASS_FILTER_WIDTH = 6
+_ROLLOFF = 0.99
+
+
+class AudioFile:
+    """An audio file opened once: header read once, any 16 kHz stretch read on demand.
+
+    Stretches are read with ``soundfile`` (seek + read) at the file's rate, mixed to mono
+    and, when the file is not 16 kHz, resampled with a margin of context on both sides that
+    is then trimmed; the block's start is aligned to the resampler's period, so a stretch
+    equals the matching slice of :func:`load_audio`'s whole-file signal up to float rounding
+    and memory does not grow with the file's length.
+
+    Parameters
+    ----------
+    path : str or PathLike
+
+    Attributes
+    ----------
+    frames, sample_rate : int
+        From the header.
+    duration : float
+        Seconds.
+    n16 : int
+        Length of the whole file at 16 kHz.
+
+    Raises
+    ------
+    FileNotFoundError, AudioError
+        For a missing file, a non-regular file (FIFO, device), unreadable or empty audio.
+
+    Example
+    -------
+    >>> path = getfixture("tmp_path") / "x.wav"
+    >>> sf.write(path, np.zeros(8000), 8000)
+    >>> with AudioFile(path) as f:
+    ...     f.duration, f.n16, f.read(0, 4000).shape
+    (1.0, 16000, torch.Size([4000]))
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: no such file" + (" (dangling symbolic link)"
+                                                            if p.is_symlink() else ""))
+        if not p.is_file() and not p.is_dir():
+            raise AudioError(f"{p}: not a regular file (a FIFO, socket or device)")
+        self._fh = soundfile_call(path, sf.SoundFile)
+        self.frames, self.sample_rate = int(self._fh.frames), int(self._fh.samplerate)
+        if self.frames <= 0:
+            self.close()
+            raise AudioError(f"{path}: the file contains no audio samples")
+        self.duration = self.frames / self.sample_rate
+        self.n16 = resampled_length(self.frames, self.sample_rate)
+        orig, new = self._orig, self._new = _ratio(self.sample_rate)
+        if self.sample_rate == SAMPLE_RATE:
+            self._margin = 0
+        elif max(orig, new) <= MAX_SINC_TERMS:
+            width = math.ceil(_LOWPASS_FILTER_WIDTH * orig / (min(orig, new) * _ROLLOFF))
+            self._margin = math.ceil(2 * width / orig) + 1
+        else:  # soxr: about 0.1 s of context is ample; in resampler periods (<= 1 s each)
+            self._margin = max(1, math.ceil(0.1 * self.sample_rate / orig))
+
+    def read(self, start: int, end: int, name: str | None = None) -> torch.Tensor:
+        """The validated 16 kHz mono signal of samples ``[start, end)`` (16 kHz indices).
+
+        Raises
+        ------
+        AudioError
+            Naming the file and the stretch: unreadable, NaN/Inf, shorter than 400 samples.
+        """
+        name = name or (self.path if (start, end) == (0, self.n16) else
+                        f"{self.path} [{start / SAMPLE_RATE:.2f}-{end / SAMPLE_RATE:.2f} s]")
+        orig, new = self._orig, self._new
+        unit0 = max(0, start // new - self._margin)  # block start, in resampler periods
+        first = unit0 * orig
+        last = min(self.frames, -(-end * orig // new) + self._margin * orig)
+        if (first, last) == (0, self.frames):
+            last = self.frames
+        try:
+            self._fh.seek(first)
+            block = self._fh.read(last - first, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as err:
+            raise AudioError(f"{name}: cannot read this part of the file ({err})") from err
+        if block.shape[0] != last - first:
+            raise AudioError(f"{name}: could read only {block.shape[0]} of {last - first} "
+                             "samples")
+        wav = to_mono_16k(block, self.sample_rate, name=name)
+        offset = unit0 * new
+        wav = wav[start - offset : end - offset].clone()
+        check_signal(wav, name)
+        return wav
+
+    def blocks(self, start: int, end: int, seconds: float = 60.0):
+        """Consecutive 16 kHz stretches covering ``[start, end)``, ``seconds`` long each
+        (the last may be shorter, but never under 400 samples unless the whole is)."""
+        step = max(MIN_SAMPLES, int(seconds * SAMPLE_RATE))
+        pos = start
+        while pos < end:
+            stop = min(end, pos + step)
+            if end - stop < MIN_SAMPLES:
+                stop = end
+            yield self.read(pos, stop)
+            pos = stop
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def check_signal(wav: torch.Tensor, name: str) -> None:
@@ -165,10 +339,8 @@ def load_audio(path: str | os.PathLike) -> torch.Tensor:
     FileNotFoundError, AudioError
         With the file's path and the problem in the message.
     """
-    data, sample_rate = read_audio(path)
-    wav = to_mono_16k(data, sample_rate, name=str(path))
-    check_signal(wav, str(path))
-    return wav
+    with AudioFile(path) as audio:
+        return audio.read(0, audio.n16, name=str(path))
 
 
 def relative_to_samples(wav_lens: torch.Tensor, max_len: int) -> torch.Tensor:

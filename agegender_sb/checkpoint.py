@@ -1,43 +1,40 @@
-"""audEERING-layout checkpoints ↔ our modules: key table, strict loading, conversion.
+"""Tensors only: the key table, weight-norm folding, strict loading, lazy tensors.
 
 audEERING publish their age/gender models as a transformers folder: ``config.json``,
 ``model.safetensors`` and/or ``pytorch_model.bin``, ``preprocessor_config.json``. Their tensors
 are named after the model card's ``AgeGenderModel``: ``wav2vec2.*``, ``age.*``, ``gender.*``.
 This module maps those names onto our modules with one table (:data:`KEY_PREFIXES`), folds
 the two spellings of the positional convolution's weight norm in one place
-(:func:`fold_weight_norm`), and refuses anything but an exact match (:func:`load_strict`).
+(:func:`fold_weight_norm`), and refuses anything but an exact match (:func:`load_strict`):
+every tensor present, with its shape, floating point where the model's is, and finite.
+Where the files come from and what the architecture is: :mod:`agegender_sb.sources` and
+:mod:`agegender_sb.model_config`. This module imports nothing else of the package.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 import pickle
-import re
-import shutil
 from pathlib import Path
 
 import torch
-import yaml
 
 __all__ = [
     "KEY_PREFIXES",
     "WEIGHT_NORM_SPELLINGS",
+    "WEIGHT_FILES",
     "CheckpointError",
     "fold_weight_norm",
     "load_strict",
+    "load_file_strict",
     "LazyTensor",
     "load_state_dict_file",
-    "read_config",
-    "hparams_from_config",
     "split_audeering_state_dict",
-    "find_weights_file",
-    "render_hparams",
-    "convert_audeering_checkpoint",
     "PRETRAINING_ONLY_PREFIXES",
     "wav2vec2_encoder_state_dict",
     "load_wav2vec2_encoder",
-    "save_model_folder",
+    "fingerprint",
 ]
 
 #: Checkpoint key prefix → (our module, prefix inside that module).
@@ -56,40 +53,6 @@ WEIGHT_NORM_SPELLINGS = {
 
 #: Weight files of a transformers folder, in order of preference.
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-#: config.json fields copied into our hyperparameters (same names in both).
-ARCH_FIELDS = (
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "conv_dim",
-    "conv_kernel",
-    "conv_stride",
-    "conv_bias",
-    "feat_extract_norm",
-    "do_stable_layer_norm",
-    "num_conv_pos_embeddings",
-    "num_conv_pos_embedding_groups",
-    "hidden_act",
-    "feat_extract_activation",
-    "layer_norm_eps",
-    "hidden_dropout",
-    "attention_dropout",
-    "activation_dropout",
-    "feat_proj_dropout",
-    "layerdrop",
-    "apply_spec_augment",
-    "mask_time_prob",
-    "mask_time_length",
-    "mask_feature_prob",
-    "mask_feature_length",
-    "final_dropout",
-)
-#: Top-level inference settings a saved model folder keeps besides the architecture.
-SETTING_FIELDS = ("sample_rate", "age_scale", "norm_eps", "attn_implementation")
-REQUIRED_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
-
 
 class CheckpointError(RuntimeError):
     """A checkpoint that does not match the model exactly; the message names the tensors."""
@@ -181,7 +144,57 @@ def load_strict(module: torch.nn.Module, state_dict: dict, source: str) -> None:
         for key, value in state_dict.items():
             if isinstance(value, LazyTensor):
                 value = value.load()
+            _check_values(value, targets[key], f"{source}: tensor {key}")
             targets[key].copy_(value)
+
+
+def _check_values(value, target: torch.Tensor, name: str) -> None:
+    """Refuse a tensor that would be cast silently or would poison every output."""
+    if not isinstance(value, torch.Tensor):
+        raise CheckpointError(f"{name} is a {type(value).__name__}, not a tensor")
+    if target.is_floating_point():
+        if not value.is_floating_point():
+            raise CheckpointError(f"{name} holds {value.dtype} values where the model has "
+                                  f"{target.dtype}: not a float checkpoint")
+        bad = int((~torch.isfinite(value)).sum())
+        if bad:
+            raise CheckpointError(f"{name} holds {bad} NaN or infinite value(s)")
+
+
+def load_file_strict(module: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Load one module's tensor file strictly (SpeechBrain ``Pretrainer`` custom hook).
+
+    Model folders declare it in their ``pretrainer`` (``custom_hooks``), so that
+    SpeechBrain's own loading is as strict as this package's.
+    """
+    load_strict(module, load_state_dict_file(path), str(path))
+
+
+def fingerprint(modules: dict, extra=()) -> str:
+    """Short hash identifying a model's weights (and ``extra`` strings, e.g. the labels).
+
+    Names, shapes and dtypes of every tensor, all values of small tensors and a fixed stride
+    of at most 65,536 values of large ones: any two real checkpoints differ in it, and the
+    24-layer model is hashed in well under a second.
+
+    Example
+    -------
+    >>> a, b = torch.nn.Linear(4, 2), torch.nn.Linear(4, 2)
+    >>> fingerprint({"m": a}) == fingerprint({"m": a})
+    True
+    >>> fingerprint({"m": a}) == fingerprint({"m": b})
+    False
+    """
+    digest = hashlib.sha256()
+    for text in extra:
+        digest.update(str(text).encode("utf-8") + b"\0")
+    for prefix, module in modules.items():
+        for name, tensor in module.state_dict().items():
+            flat = tensor.detach().cpu().reshape(-1)
+            step = max(1, flat.numel() // 65536)
+            digest.update(f"{prefix}.{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+            digest.update(flat[::step].contiguous().float().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 class LazyTensor:
@@ -228,75 +241,6 @@ def load_state_dict_file(path: str | os.PathLike) -> dict:
         ) from err
 
 
-def read_config(path: str | os.PathLike) -> dict:
-    """Read and check an audEERING-layout ``config.json``.
-
-    Raises
-    ------
-    CheckpointError
-        If it is not a wav2vec2 configuration or lacks architecture fields.
-    """
-    path = Path(path)
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: cannot read the model configuration ({err})") from err
-    if config.get("model_type", "wav2vec2") != "wav2vec2":
-        raise CheckpointError(f"{path}: model_type is {config['model_type']!r}, not 'wav2vec2'")
-    missing = [f for f in REQUIRED_FIELDS if f not in config]
-    if missing:
-        raise CheckpointError(f"{path}: missing fields {', '.join(missing)}")
-    return config
-
-
-def labels_from_config(config: dict) -> list[str] | None:
-    """Gender labels in output order from ``id2label``, or None if the config has none.
-
-    transformers fills ``LABEL_0, LABEL_1`` when a config has no labels; those count as none.
-
-    Example
-    -------
-    >>> labels_from_config({"id2label": {"1": "male", "0": "female", "2": "child"}})
-    ['female', 'male', 'child']
-    """
-    id2label = config.get("id2label")
-    if not id2label:
-        return None
-    labels = [id2label[k] for k in sorted(id2label, key=int)]
-    if [int(k) for k in sorted(id2label, key=int)] != list(range(len(labels))):
-        raise CheckpointError(f"id2label ids are not 0..{len(labels) - 1}: {id2label}")
-    if all(re.fullmatch(r"LABEL_\d+", lab) for lab in labels):
-        return None
-    return labels
-
-
-def hparams_from_config(config: dict, require_labels: bool = True) -> dict:
-    """Our hyperparameter overrides for the architecture and labels a config describes.
-
-    Parameters
-    ----------
-    config : dict
-        Contents of ``config.json``.
-    require_labels : bool
-        Raise if ``id2label`` is absent (an age/gender checkpoint must have it).
-
-    Example
-    -------
-    >>> hp = hparams_from_config({"hidden_size": 8, "num_hidden_layers": 6,
-    ...     "num_attention_heads": 2, "intermediate_size": 16,
-    ...     "id2label": {"0": "female", "1": "male", "2": "child"}})
-    >>> hp["num_hidden_layers"], hp["gender_labels"]
-    (6, ['female', 'male', 'child'])
-    """
-    overrides = {k: config[k] for k in ARCH_FIELDS if k in config}
-    labels = labels_from_config(config)
-    if labels is not None:
-        overrides["gender_labels"] = labels
-    elif require_labels:
-        raise CheckpointError("config.json has no id2label: not an age/gender checkpoint")
-    return overrides
-
-
 def split_audeering_state_dict(state_dict: dict, source: str = "checkpoint") -> dict:
     """Split audEERING's flat state dict into ``{module: state dict}`` by :data:`KEY_PREFIXES`.
 
@@ -325,146 +269,6 @@ def split_audeering_state_dict(state_dict: dict, source: str = "checkpoint") -> 
             f"{source}: unexpected tensors outside wav2vec2./age./gender.: {', '.join(unknown)}"
         )
     return parts
-
-
-def find_weights_file(folder: str | os.PathLike) -> Path:
-    """The preferred weight file of a local transformers folder (safetensors first)."""
-    folder = Path(folder)
-    for name in WEIGHT_FILES:
-        if (folder / name).is_file():
-            return folder / name
-    raise CheckpointError(f"{folder}: no {' or '.join(WEIGHT_FILES)}")
-
-
-def packaged_hparams_path(name: str = "inference.yaml") -> Path:
-    """Path of a hyperparameter file shipped inside the package (``hparams/`` in a checkout)."""
-    from importlib.resources import files
-
-    try:
-        path = Path(str(files("agegender_sb.hparams").joinpath(name)))
-    except ModuleNotFoundError:  # running from a source checkout that is not installed
-        path = Path(__file__).resolve().parent.parent / "hparams" / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: packaged hyperparameter file not found")
-    return path
-
-
-def render_hparams(overrides: dict, template: str | os.PathLike | None = None) -> str:
-    """The packaged inference YAML with top-level values replaced by ``overrides``.
-
-    The result keeps the file's comments and ``!ref`` structure, so a converted model's
-    ``hyperparams.yaml`` reads like the packaged one.
-
-    Raises
-    ------
-    KeyError
-        If an override names no top-level key of the template.
-    """
-    text = Path(template or packaged_hparams_path()).read_text(encoding="utf-8")
-    for key, value in overrides.items():
-        dumped = yaml.safe_dump(value, default_flow_style=True, width=1000)
-        dumped = dumped.replace("\n...\n", "").strip()
-        pattern = re.compile(rf"^{re.escape(key)}:.*$", re.MULTILINE)
-        text, count = pattern.subn(lambda _m, k=key, d=dumped: f"{k}: {d}", text)
-        if count != 1:
-            raise KeyError(f"{key!r} is not a top-level key of the hyperparameter template")
-    return text
-
-
-def convert_audeering_checkpoint(
-    source: str | os.PathLike,
-    dest: str | os.PathLike,
-    savedir: str | os.PathLike | None = None,
-    **from_hparams_kwargs,
-) -> Path:
-    """Convert an audEERING-layout checkpoint into a SpeechBrain model folder.
-
-    The folder holds ``hyperparams.yaml`` (the packaged inference file with this checkpoint's
-    architecture and labels), ``encoder.ckpt``, ``age_head.ckpt``, ``gender_head.ckpt``
-    and a copy of ``config.json``. ``AgeGenderClassifier.from_hparams``
-    loads it, and it can be hosted like any SpeechBrain model.
-
-    Parameters
-    ----------
-    source : str or PathLike
-        Hub id or local folder of an audEERING-layout checkpoint.
-    dest : str or PathLike
-        Output folder (created; existing files of the same names are replaced).
-    savedir : str or PathLike, optional
-        Where to keep fetched files.
-    **from_hparams_kwargs
-        Passed to ``AgeGenderClassifier.from_hparams`` (e.g. ``fetch_config``).
-
-    Returns
-    -------
-    Path
-        ``dest``.
-    """
-    from .interface import AgeGenderClassifier
-
-    clf = AgeGenderClassifier.from_hparams(
-        source=str(source), savedir=savedir, run_opts={"device": "cpu"}, **from_hparams_kwargs
-    )
-    if clf.source_layout != "audeering":
-        raise CheckpointError(f"{source}: already a SpeechBrain model folder, nothing to convert")
-    return save_speechbrain_folder(clf, dest)
-
-
-def save_speechbrain_folder(clf, dest: str | os.PathLike) -> Path:
-    """Write a loaded classifier's modules as a SpeechBrain model folder (see above)."""
-    return save_model_folder(clf.mods.model, clf.labels, clf.arch_hparams, dest,
-                             config=clf.config)
-
-
-def save_model_folder(
-    model: torch.nn.Module,
-    labels,
-    arch_hparams: dict,
-    dest: str | os.PathLike,
-    config: dict | None = None,
-) -> Path:
-    """Write an :class:`~agegender_sb.model.AgeGenderModel` as a SpeechBrain model folder.
-
-    ``hyperparams.yaml`` (the packaged inference file with ``arch_hparams`` and ``labels``),
-    ``encoder.ckpt``, ``age_head.ckpt``, ``gender_head.ckpt`` and, when given, ``config.json``.
-    Files are written to ``dest/.partial`` first and moved into place one by one.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Has ``encoder``, ``age_head`` and ``gender_head`` submodules.
-    labels : sequence of str
-        Gender labels in output order.
-    arch_hparams : dict
-        Top-level keys of the inference YAML (architecture, dropout) to write.
-    dest : str or PathLike
-        Output folder (created; files of the same names are replaced).
-    config : dict, optional
-        A ``config.json`` to keep next to the weights.
-
-    Returns
-    -------
-    Path
-        ``dest``.
-    """
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    tmp = dest / ".partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    overrides = dict(arch_hparams)
-    overrides["gender_labels"] = list(labels)
-    (tmp / "hyperparams.yaml").write_text(render_hparams(overrides), encoding="utf-8")
-    for name in ("encoder", "age_head", "gender_head"):
-        state = {k: v.detach().cpu().contiguous() for k, v in
-                 getattr(model, name).state_dict().items()}
-        torch.save(state, tmp / f"{name}.ckpt")
-    if config is not None:
-        (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    for item in tmp.iterdir():
-        os.replace(item, dest / item.name)
-    tmp.rmdir()
-    return dest
 
 
 #: Tensors of a ``Wav2Vec2ForPreTraining`` checkpoint that only pre-training uses (the

@@ -7,9 +7,6 @@ their checkpoint's tensors map onto it one to one.
 from __future__ import annotations
 
 import torch
-from speechbrain.utils.checkpoints import mark_as_transfer, register_checkpoint_hooks
-
-from .checkpoint import load_state_dict_file, load_strict
 
 __all__ = ["MaskedMeanPooling", "MLPHead"]
 
@@ -35,7 +32,6 @@ class MaskedMeanPooling(torch.nn.Module):
         return (frames * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
 
 
-@register_checkpoint_hooks
 class MLPHead(torch.nn.Module):
     """dropout → Linear(H, H) → tanh → dropout → Linear(H, n_outputs).
 
@@ -60,11 +56,6 @@ class MLPHead(torch.nn.Module):
         self.dense = torch.nn.Linear(input_size, input_size)
         self.dropout = torch.nn.Dropout(dropout)
         self.out_proj = torch.nn.Linear(input_size, n_outputs)
-
-    @mark_as_transfer
-    def _load_pretrained(self, path) -> None:
-        """SpeechBrain ``Pretrainer`` hook: strict load, weight-norm spellings folded."""
-        load_strict(self, load_state_dict_file(path), str(path))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.dropout(x)
