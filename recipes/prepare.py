@@ -18,6 +18,7 @@ Writes ``train.csv``, ``valid.csv`` and ``test.csv`` with the columns
 from __future__ import annotations
 
 import argparse
+import csv
 import inspect
 import json
 import logging
@@ -26,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from corpora import commonvoice, csv_table, kaldi, timit  # noqa: E402
 from corpora.common import (  # noqa: E402
     DEFAULT_CHILD_AGE,
     SPLITS,
@@ -35,19 +37,25 @@ from corpora.common import (  # noqa: E402
     speaker_split,
     write_manifest,
 )
-from corpora.commonvoice import read_commonvoice  # noqa: E402
-from corpora.csv_table import read_csv_table  # noqa: E402
-from corpora.kaldi import read_kaldi  # noqa: E402
-from corpora.timit import read_timit  # noqa: E402
+from corpora.fingerprint import audio_files_under, describe_change, input_fingerprint  # noqa: E402
 
 logger = logging.getLogger("prepare")
 
 READERS = {
-    "kaldi": read_kaldi,
-    "commonvoice": read_commonvoice,
-    "timit": read_timit,
-    "csv": read_csv_table,
+    "kaldi": kaldi.read_kaldi,
+    "commonvoice": commonvoice.read_commonvoice,
+    "timit": timit.read_timit,
+    "csv": csv_table.read_csv_table,
 }
+#: ``corpus -> label_files(data_folder, **options)``: the files fingerprinted by content.
+LABEL_FILES = {
+    "kaldi": kaldi.label_files,
+    "commonvoice": commonvoice.label_files,
+    "timit": timit.label_files,
+    "csv": csv_table.label_files,
+}
+#: Corpora whose carved splits are balanced by gender (TIMIT: both sexes in valid/test).
+GENDER_BALANCED_CARVES = {"timit"}
 OPTIONS_FILE = "prepare_options.json"
 
 
@@ -91,8 +99,10 @@ def prepare(
         Seed of the speaker-disjoint splits (deterministic for a given corpus).
     overwrite : bool
         Re-prepare even if the outputs exist. Without it, existing outputs made with
-        the same options are kept (the step is skipped); outputs made with other
-        options are re-prepared.
+        the same options from unchanged inputs are kept (the step is skipped); outputs
+        made with other options, or from inputs that changed since (label file
+        contents, audio file list, sizes or mtimes; see ``corpora/fingerprint.py``),
+        are re-prepared.
     **options
         Corpus-specific options (see ``recipes/README.md``), e.g. ``train_dir`` for
         Kaldi, ``path_column`` for csv, ``skip_unreadable`` for Common Voice.
@@ -128,21 +138,18 @@ def prepare(
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(options.items())},
     }
     options_file = output_folder / OPTIONS_FILE
-    if not overwrite and all(p.is_file() for p in outputs.values()):
-        try:
-            previous = json.loads(options_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            previous = None
-        if previous == settings:
-            logger.info("%s: outputs exist, skipping preparation", output_folder)
-            return outputs
-        logger.warning("%s: outputs exist but were made with other options; redoing", output_folder)
+    if not overwrite and _up_to_date(outputs, options_file, settings, options):
+        return outputs
 
+    label_options = dict(options)
     if corpus == "commonvoice":
         options.setdefault("skipped_log", output_folder / "skipped_clips.txt")
     splits = READERS[corpus](data_folder, **options)
-    splits = _complete_splits(splits, valid_fraction, test_fraction, seed)
+    balanced = corpus in GENDER_BALANCED_CARVES
+    splits = _complete_splits(splits, valid_fraction, test_fraction, seed, balanced)
     _check(splits)
+    wavs = {u.wav for rows in splits.values() for u in rows}
+    settings["inputs"] = _fingerprint(corpus, data_folder, label_options, wavs)
 
     output_folder.mkdir(parents=True, exist_ok=True)
     # an interrupted run must not leave an options file that vouches for mixed manifests
@@ -158,19 +165,68 @@ def prepare(
     return outputs
 
 
-def _complete_splits(splits, valid_fraction, test_fraction, seed):
-    """Carve the missing splits speaker-disjointly."""
+def _up_to_date(outputs: dict, options_file: Path, settings: dict, options: dict) -> bool:
+    """Whether existing outputs were made with ``settings`` from unchanged inputs (logged)."""
+    folder = options_file.parent
+    if not all(p.is_file() for p in outputs.values()):
+        return False
+    try:
+        previous = json.loads(options_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        previous = None
+    recorded = previous.pop("inputs", None) if isinstance(previous, dict) else None
+    if previous != settings:
+        logger.warning("%s: outputs exist but were made with other options; redoing", folder)
+        return False
+    try:
+        wavs = _manifest_wavs(outputs.values())
+        now = _fingerprint(settings["corpus"], Path(settings["data_folder"]), options, wavs)
+    except (PrepareError, OSError, ValueError, KeyError) as err:  # the reader will say more
+        why = f"cannot fingerprint the inputs ({err})"
+    else:
+        why = describe_change(recorded, now)
+    if why is None:
+        logger.info("%s: outputs exist, inputs unchanged; skipping preparation", folder)
+        return True
+    logger.warning("%s: the corpus changed since the outputs were made (%s); redoing", folder, why)
+    return False
+
+
+def _fingerprint(corpus: str, data_folder: Path, options: dict, wavs) -> dict:
+    """Fingerprint of the corpus's label files and audio (manifest files + folder walk)."""
+    audio = set(map(str, wavs)).union(audio_files_under(data_folder))
+    return input_fingerprint(LABEL_FILES[corpus](data_folder, **options), audio)
+
+
+def _manifest_wavs(paths) -> set[str]:
+    """The ``wav`` column of existing manifests."""
+    wavs: set[str] = set()
+    for path in paths:
+        with open(path, newline="", encoding="utf-8") as f:
+            wavs.update(row["wav"] for row in csv.DictReader(f))
+    return wavs
+
+
+def _gender_strata(utts: list[Utterance]) -> dict[str, str | None]:
+    return {u.speaker: u.gender for u in utts}
+
+
+def _complete_splits(splits, valid_fraction, test_fraction, seed, balanced=False):
+    """Carve the missing splits speaker-disjointly (balanced by gender if ``balanced``)."""
     splits = dict(splits)
     if "all" in splits:
+        rows = splits.pop("all")
+        strata = _gender_strata(rows) if balanced else None
         carved = speaker_split(
-            splits.pop("all"), {"valid": valid_fraction, "test": test_fraction}, seed
+            rows, {"valid": valid_fraction, "test": test_fraction}, seed, strata
         )
         for split, utts in carved.items():
             splits.setdefault(split, []).extend(utts)
     if "valid" not in splits:
         if not splits.get("train"):
             raise PrepareError("no train utterances to carve a valid split from")
-        carved = speaker_split(splits["train"], {"valid": valid_fraction}, seed)
+        strata = _gender_strata(splits["train"]) if balanced else None
+        carved = speaker_split(splits["train"], {"valid": valid_fraction}, seed, strata)
         splits["train"], splits["valid"] = carved["train"], carved["valid"]
     for split in SPLITS:
         splits.setdefault(split, [])

@@ -8,6 +8,9 @@ fixture was built, not with the code under test.
 from __future__ import annotations
 
 import csv
+import json
+import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -497,6 +500,116 @@ def test_timit_errors(tmp_path):
         prep.prepare("timit", root, tmp_path / "out")
 
 
+# NLTK's TIMIT sample (nltk_data/corpora/timit): speaker folders dr<region>-<sex><id> at
+# the top, lower-case file names, spkrinfo.txt beside them, no train/test split.
+NLTK_SPKRINFO = """\
+;
+;  File:  spkrinfo.txt
+;  Speaker information for the TIMIT corpus.
+;
+;ID  Sex DR Use  RecDate   BirthDate  Ht    Race Edu  Comments
+;
+ VMH0  F  1  TRN  03/11/86  05/21/60  5'06"  WHT  BS
+ CPM0  M  1  TRN  01/15/86  01/15/61  5'10"  WHT  MS    Birthday at rec
+ AEM0  F  2  TRN  08/05/87  ??/??/??  5'07"  BLK  HS    Unknown birthdate
+ ARC0  M  2  TRN  11/12/86  11/13/74  4'09"  WHT  ??
+ ALK0  F  3  TRN  02/02/86  10/10/50  5'05"  ORN  PHD
+ ADC0  M  3  TRN  02/02/86  09/10/40  6'00"  WHT  BS
+ ALR0  F  4  TRN  12/31/85  01/01/63  5'04"  WHT  AS
+ AEB0  M  4  TRN  06/30/86  07/01/50  5'11"  SPN  BS
+ ZZZ0  M  5  TST  02/26/86  11/04/61  5'11"  WHT  BS    listed, no folder
+"""
+# speaker folder -> (speaker, gender, age)  (ages by hand from the dates above)
+NLTK_SPEAKERS = {
+    "dr1-fvmh0": ("FVMH0", "female", 25),  # birthday not reached yet in March
+    "dr1-mcpm0": ("MCPM0", "male", 25),  # recorded on his 25th birthday
+    "dr2-faem0": ("FAEM0", "female", None),
+    "dr2-marc0": ("MARC0", "male", 11),  # one day before his 12th birthday
+    "dr3-falk0": ("FALK0", "female", 35),
+    "dr3-madc0": ("MADC0", "male", 45),
+    "dr4-falr0": ("FALR0", "female", 22),  # one day before her 23rd birthday
+    "dr4-maeb0": ("MAEB0", "male", 35),  # one day before his 36th birthday
+}
+
+
+def make_nltk_timit(root: Path) -> dict[str, tuple[str, str, float | None, float, Path]]:
+    expected = {}
+    for folder, (spk, gender, age) in NLTK_SPEAKERS.items():
+        for k, utt in enumerate(("sa1", "si1466", "sx206")):
+            n = 9600 + 1600 * k + 160 * len(expected)
+            wav = write_audio(root / folder / f"{utt}.wav", n, fmt="NIST")
+            for ext, text in (("phn", "h#"), ("wrd", "she"), ("txt", "She.")):
+                (root / folder / f"{utt}.{ext}").write_text(f"0 100 {text}\n")
+            expected[f"{spk}_{utt.upper()}"] = (spk, gender, age, n / 16000, wav.resolve())
+    (root / "spkrinfo.txt").write_text(NLTK_SPKRINFO)
+    (root / "timitdic.txt").write_text("; dictionary\nshe /sh iy/\n")
+    return expected
+
+
+def test_timit_nltk_sample(tmp_path):
+    root = tmp_path / "nltk_data" / "corpora" / "timit"
+    expected = make_nltk_timit(root)
+    assert (root / "dr1-fvmh0" / "sa1.wav").read_bytes()[:7] == b"NIST_1A"
+    out = tmp_path / "out"
+    prep.prepare("timit", root, out, valid_fraction=0.25, test_fraction=0.25, seed=3)
+    outputs = read_outputs(out)
+    assert set().union(*outputs.values()) == set(expected)
+    assert_disjoint(outputs)
+    sex = {spk: g for spk, g, *_ in expected.values()}
+    for split in outputs:
+        for utt, row in outputs[split].items():
+            spk, gender, age, dur, wav = expected[utt]
+            assert row["speaker"] == spk and Path(row["wav"]) == wav
+            assert row["age"] == ("" if age is None else str(age))
+            assert row["gender"] == ("child" if age is not None and age < 15 else gender)
+            assert float(row["duration"]) == pytest.approx(dur, abs=1e-3)
+    # 8 speakers, 4 per sex: round(0.25 * 8) = 2 speakers in valid and in test, one per
+    # sex, whatever the seed
+    for seed in range(8):
+        prep.prepare("timit", root, tmp_path / f"s{seed}", valid_fraction=0.25,
+                     test_fraction=0.25, seed=seed)  # fmt: skip
+        outputs = read_outputs(tmp_path / f"s{seed}")
+        for split in ("valid", "test"):
+            assert sorted(sex[s] for s in speakers(outputs[split])) == ["female", "male"]
+        assert len(speakers(outputs["train"])) == 4
+    # deterministic for a seed
+    for name in ("train.csv", "valid.csv", "test.csv"):
+        assert (out / name).read_text() == (tmp_path / "s3" / name).read_text()
+
+
+def test_timit_nltk_sample_errors(tmp_path):
+    root = tmp_path / "timit"
+    make_nltk_timit(root)
+    info = root / "spkrinfo.txt"
+    info.write_text(NLTK_SPKRINFO.replace(" ALK0  F  3", " ALK0  F  5"))
+    with pytest.raises(common.PrepareError, match="dr3-falk0 disagrees with the listed dialect"):
+        prep.prepare("timit", root, tmp_path / "out")
+    info.write_text(NLTK_SPKRINFO.replace(" CPM0  M  1", " CPM0  F  1"))
+    with pytest.raises(common.PrepareError, match=r"speaker MCPM0 \(.*dr1-mcpm0\) not listed"):
+        prep.prepare("timit", root, tmp_path / "out")
+    info.unlink()
+    with pytest.raises(common.PrepareError, match="required file is missing") as err:
+        prep.prepare("timit", root, tmp_path / "out")
+    assert str(info) in str(err.value)
+
+
+def test_timit_unrecognised_layout_lists_accepted(tmp_path):
+    top = tmp_path / "downloads"
+    make_timit(top / "TIMIT", lowercase=False)
+    (top / "notes.txt").write_text("x")
+    with pytest.raises(common.PrepareError) as err:
+        prep.prepare("timit", top, tmp_path / "out")
+    msg = str(err.value)
+    assert msg.startswith(f"{top.resolve()}: no TIMIT layout recognised")
+    assert "(1) LDC: TRAIN/ and TEST/" in msg and "DOC/SPKRINFO.TXT" in msg
+    assert "(2) NLTK sample: speaker folders like dr1-fvmh0/" in msg and "spkrinfo.txt" in msg
+    assert "found: TIMIT/, notes.txt" in msg
+    assert f"{(top / 'TIMIT').resolve()} looks like TIMIT" in msg
+    (top / "TIMIT").rename(tmp_path / "elsewhere")
+    with pytest.raises(common.PrepareError, match="found: notes.txt$"):
+        prep.prepare("timit", top, tmp_path / "out")
+
+
 # ----------------------------------------------------------------------------- csv
 
 
@@ -628,6 +741,36 @@ def test_speaker_split_deterministic_and_disjoint():
         common.speaker_split(utts[:3], {"valid": 0.1}, seed=1)  # one speaker only
 
 
+def test_speaker_split_strata_balance_each_carved_split():
+    def utts(n_female, n_male):
+        sexes = ["female"] * n_female + ["male"] * n_male
+        return [common.Utterance(id=f"u{i}", wav=Path("/x"), duration=1.0, speaker=f"s{i:02d}",
+                                 gender=g) for i, g in enumerate(sexes)]  # fmt: skip
+
+    def sexes(rows):
+        return sorted(u.gender for u in rows)
+
+    rows = utts(8, 8)
+    strata = {u.speaker: u.gender for u in rows}
+    unbalanced = 0
+    for seed in range(20):
+        got = common.speaker_split(rows, {"valid": 0.1, "test": 0.1}, seed, strata)
+        assert sexes(got["valid"]) == sexes(got["test"]) == ["female", "male"]
+        assert sexes(got["train"]) == ["female"] * 6 + ["male"] * 6
+        plain = common.speaker_split(rows, {"valid": 0.1, "test": 0.1}, seed)
+        unbalanced += sexes(plain["valid"]) != ["female", "male"]
+    assert unbalanced > 0  # without strata some seeds give one sex only
+    # same counts as without strata; shares follow the strata sizes (3 vs 13 -> 0 + 2)
+    rows = utts(3, 13)
+    got = common.speaker_split(rows, {"valid": 0.1}, 1, {u.speaker: u.gender for u in rows})
+    assert sexes(got["valid"]) == ["male", "male"]  # round(1.6) = 2 speakers
+    # without strata the split is what it always was: sorted speakers shuffled once
+    speakers_ = sorted({u.speaker for u in rows})
+    random.Random(5).shuffle(speakers_)
+    plain = common.speaker_split(rows, {"valid": 0.1}, 5)
+    assert {u.speaker for u in plain["valid"]} == set(speakers_[:2])
+
+
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     target = tmp_path / "train.csv"
     target.write_text("old content\n")
@@ -656,6 +799,88 @@ def test_skip_existing_outputs_and_overwrite(tmp_path):
     (out / "test.csv").write_text(marker)
     prep.prepare("kaldi", root, out, child_age=10, overwrite=True)
     assert len(read_csv(out / "test.csv")[1]) == 3
+
+
+def all_rows(out: Path) -> dict[str, dict[str, str]]:
+    return {k: v for rows in read_outputs(out).values() for k, v in rows.items()}
+
+
+def test_rerun_on_changed_corpus_reprepares(tmp_path, caplog):
+    root = tmp_path / "timit"
+    make_nltk_timit(root)
+    out = tmp_path / "out"
+    marker = "ID,wav,start,stop,duration,age,gender,speaker\n"
+    kw = dict(valid_fraction=0.25, test_fraction=0.25)
+
+    def rerun() -> bool:
+        """Prepare again; True if the manifests were made again (the marker is gone)."""
+        (out / "valid.csv").write_text(marker)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="prepare"):
+            prep.prepare("timit", root, out, **kw)
+        return (out / "valid.csv").read_text() != marker
+
+    prep.prepare("timit", root, out, **kw)
+    assert all_rows(out)["FVMH0_SA1"]["age"] == "25"
+    assert not rerun()  # same corpus, same options: skipped
+    assert "inputs unchanged; skipping" in caplog.text
+
+    info = root / "spkrinfo.txt"  # a label changes: born ten years later
+    info.write_text(NLTK_SPKRINFO.replace("03/11/86  05/21/60", "03/11/86  05/21/70"))
+    assert rerun()
+    assert f"label file {info} changed" in caplog.text
+    assert all_rows(out)["FVMH0_SA1"]["age"] == "15"
+    assert not rerun()
+
+    write_audio(root / "dr1-fvmh0" / "sa2.wav", 8000, fmt="NIST")  # an utterance is added
+    assert rerun()
+    assert "audio files changed (24 -> 25 files" in caplog.text
+    assert float(all_rows(out)["FVMH0_SA2"]["duration"]) == pytest.approx(0.5)
+    assert not rerun()
+
+    wav = root / "dr2-marc0" / "sx206.wav"  # same size, new mtime (e.g. re-encoded)
+    st = wav.stat()
+    os.utime(wav, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert rerun()
+    assert "audio files changed (25 -> 25 files" in caplog.text
+
+    options = out / prep.OPTIONS_FILE  # outputs of a version without fingerprints
+    settings = json.loads(options.read_text())
+    del settings["inputs"]
+    options.write_text(json.dumps(settings))
+    assert rerun()
+    assert "no input fingerprint recorded" in caplog.text
+    assert not rerun()
+
+
+def test_rerun_sees_audio_outside_the_data_folder_and_new_label_files(tmp_path, caplog):
+    # csv: the data folder is the table; the audio lies elsewhere
+    root = tmp_path / "corpus"
+    _rows, text = make_table(root, ",", with_split=True)
+    table = tmp_path / "tables" / "labels.csv"
+    table.parent.mkdir()
+    table.write_text(text.replace("wavs/", "../corpus/wavs/"))
+    out = tmp_path / "out"
+    prep.prepare("csv", table, out, **CSV_COLUMNS)
+    assert float(all_rows(out)["a1"]["duration"]) == pytest.approx(4000 / 16000, abs=1e-3)
+    write_audio(root / "wavs" / "a1.wav", 12000)  # longer now
+    with caplog.at_level("WARNING", logger="prepare"):
+        prep.prepare("csv", table, out, **CSV_COLUMNS)
+    assert "the corpus changed since the outputs were made" in caplog.text
+    assert float(all_rows(out)["a1"]["duration"]) == pytest.approx(12000 / 16000, abs=1e-3)
+
+    # kaldi: an optional label file that was absent appears
+    root = tmp_path / "kaldi"
+    make_kaldi(root)
+    out = tmp_path / "out_kaldi"
+    prep.prepare("kaldi", root, out)
+    assert {r["age"] for r in read_outputs(out)["test"].values()} == {""}
+    (root / "test" / "spk2age").write_text("t1 40\nt2 50\n")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="prepare"):
+        prep.prepare("kaldi", root, out)
+    assert f"label file {root.resolve() / 'test' / 'spk2age'} appeared" in caplog.text
+    assert {r["age"] for r in read_outputs(out)["test"].values()} == {"40", "50"}
 
 
 def test_cli(tmp_path, capsys):

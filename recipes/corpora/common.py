@@ -285,14 +285,48 @@ def apply_child_rule(utts: Iterable[Utterance], child_age: float) -> list[Uttera
 # ------------------------------------------------------------------------ splits
 
 
+def _apportion(count: int, sizes: dict, taken: dict) -> dict:
+    """Share ``count`` speakers among strata in proportion to their sizes.
+
+    Largest-remainder rounding (ties by stratum order), never more than a stratum
+    has left (``sizes[k] - taken[k]``).
+
+    >>> _apportion(2, {"female": 8, "male": 8}, {"female": 0, "male": 0})
+    {'female': 1, 'male': 1}
+    >>> _apportion(3, {"female": 1, "male": 11}, {"female": 0, "male": 0})
+    {'female': 0, 'male': 3}
+    """
+    total = sum(sizes.values())
+    quotas = {k: count * n / total for k, n in sizes.items()}
+    share = {k: min(math.floor(q), sizes[k] - taken[k]) for k, q in quotas.items()}
+    by_remainder = sorted(sizes, key=lambda k: math.floor(quotas[k]) - quotas[k])
+    while sum(share.values()) < count:
+        open_ = [k for k in by_remainder if share[k] < sizes[k] - taken[k]]
+        if not open_:
+            break
+        share[open_[0]] += 1
+        by_remainder.remove(open_[0])
+        by_remainder.append(open_[0])
+    return share
+
+
 def speaker_split(
-    utts: Sequence[Utterance], fractions: dict[str, float], seed: int
+    utts: Sequence[Utterance],
+    fractions: dict[str, float],
+    seed: int,
+    strata: dict[str, object] | None = None,
 ) -> dict[str, list[Utterance]]:
     """Split utterances speaker-disjointly and deterministically.
 
     Speakers are sorted, shuffled with ``random.Random(seed)`` and the first
     ``round(fraction * n_speakers)`` (at least one when the fraction is positive) go
     to each named split in the order given; the remaining speakers go to ``train``.
+
+    With ``strata`` (e.g. speaker -> gender), each stratum's speakers are sorted and
+    shuffled on their own, and each carved split takes the same number of speakers as
+    without strata, shared among the strata in proportion to their sizes
+    (largest-remainder rounding). With 8 female and 8 male speakers and a fraction of
+    0.1, valid gets one of each.
 
     Parameters
     ----------
@@ -303,6 +337,9 @@ def speaker_split(
         ``{"valid": 0.1}``); ``train`` gets the rest.
     seed : int
         Random seed.
+    strata : dict, optional
+        ``speaker -> stratum`` (any value, ``None`` included); speakers missing from it
+        form the ``None`` stratum.
 
     Returns
     -------
@@ -315,20 +352,31 @@ def speaker_split(
         If there are too few speakers to leave at least one in every split.
     """
     speakers = sorted({u.speaker for u in utts})
-    random.Random(seed).shuffle(speakers)
     total = sum(fractions.values())
     if any(f < 0 for f in fractions.values()) or total >= 1:
         raise PrepareError(f"split fractions {fractions} must be >= 0 and sum to < 1")
+    rng = random.Random(seed)
+    groups: dict[str, list[str]] = {}
+    for spk in speakers:
+        key = None if strata is None else strata.get(spk)
+        groups.setdefault(repr(key), []).append(spk)
+    groups = {k: groups[k] for k in sorted(groups)}
+    for members in groups.values():
+        rng.shuffle(members)
+    taken = {k: 0 for k in groups}
+    sizes = {k: len(v) for k, v in groups.items()}
     assignment: dict[str, str] = {}
-    pos = 0
+    requested = 0
     for split, fraction in fractions.items():
         count = round(fraction * len(speakers))
         if fraction > 0:
             count = max(1, count)
-        for spk in speakers[pos : pos + count]:
-            assignment[spk] = split
-        pos += count
-    if pos >= len(speakers):
+        requested += count
+        for key, n in _apportion(count, sizes, taken).items():
+            for spk in groups[key][taken[key] : taken[key] + n]:
+                assignment[spk] = split
+            taken[key] += n
+    if requested >= len(speakers):
         raise PrepareError(
             f"cannot carve {fractions} speaker-disjointly from {len(speakers)} speakers"
         )

@@ -217,3 +217,9 @@ def read_commonvoice(
             Path(skipped_log).parent.mkdir(parents=True, exist_ok=True)
             Path(skipped_log).write_text("\n".join(skipped) + "\n", encoding="utf-8")
     return out
+
+
+def label_files(data_folder: str | Path, **_options) -> list[Path]:
+    """The tsv files ``read_commonvoice`` reads or looks for (present or not)."""
+    root = Path(data_folder).resolve()
+    return [root / name for name in (*_CV_SPLIT_FILES.values(), "validated.tsv")]

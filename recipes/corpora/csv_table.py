@@ -82,11 +82,7 @@ def read_csv_table(
     dict
         ``split -> rows`` when ``split_column`` is given, else ``{"all": rows}``.
     """
-    base = Path(data_folder).expanduser()
-    if table is not None:
-        table_path = resolve_path(str(table), base)
-    else:
-        table_path = Path(base).resolve()
+    table_path = label_files(data_folder, table)[0]
     if not table_path.exists():
         raise PrepareError("table not found", table_path)
     if table_path.is_dir():
@@ -228,3 +224,9 @@ def _seconds(value: str, path: Path, line: int) -> float:
     if not math.isfinite(seconds) or seconds < 0:
         raise PrepareError(f"invalid time {value!r} (need a finite number >= 0)", path, line)
     return seconds
+
+
+def label_files(data_folder: str | Path, table: str | Path | None = None, **_options) -> list[Path]:
+    """The table ``read_csv_table`` reads: ``data_folder`` itself, or ``table`` in it."""
+    base = Path(data_folder).expanduser()
+    return [resolve_path(str(table), base) if table is not None else base.resolve()]

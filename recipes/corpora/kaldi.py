@@ -186,3 +186,26 @@ def read_kaldi(
             raise PrepareError(f"{split} data directory not found", split_dir)
         out[split] = read_kaldi_dir(split_dir, root)
     return out
+
+
+#: The files of a Kaldi data directory that ``read_kaldi_dir`` reads (when present).
+KALDI_FILES = ("wav.scp", "utt2spk", "spk2gender", "spk2age", "segments")
+
+
+def label_files(
+    data_folder: str | Path,
+    train_dir: str = "train",
+    valid_dir: str | None = None,
+    test_dir: str = "test",
+    **_options,
+) -> list[Path]:
+    """The label files ``read_kaldi`` reads or looks for (present or not).
+
+    >>> [p.name for p in label_files("/c", test_dir="ev")][:2]
+    ['wav.scp', 'utt2spk']
+    >>> sorted({p.parent.name for p in label_files("/c", test_dir="ev")})
+    ['ev', 'train', 'valid']
+    """
+    root = Path(data_folder).resolve()
+    dirs = dict.fromkeys([train_dir, valid_dir or "valid", test_dir])
+    return [root / name / file for name in dirs for file in KALDI_FILES]
