@@ -1,5 +1,7 @@
 """agegender_sb: speaker age and gender from speech with audEERING's wav2vec2 model, in SpeechBrain.
 
+Names are imported on first use, so that ``agegender --help`` starts without torch.
+
 Example
 -------
 >>> from agegender_sb import AgeGenderClassifier
@@ -8,26 +10,32 @@ Example
 ('female', 'male', 'child')
 """
 
-from .audio import AudioError, load_audio
-from .checkpoint import CheckpointError
-from .interface import DEFAULT_SOURCE, AgeGenderClassifier
-from .results import AgeGenderPrediction
-from .sources import SourceError, UnsafeModelError, convert
+import importlib
 
 __version__ = "0.2.0"
 
-#: Former name of :func:`agegender_sb.sources.convert`.
-convert_audeering_checkpoint = convert
+_WHERE = {
+    "AgeGenderClassifier": "interface",
+    "AgeGenderPrediction": "results",
+    "AudioError": "audio",
+    "CheckpointError": "checkpoint",
+    "DEFAULT_SOURCE": "defaults",
+    "SourceError": "sources",
+    "UnsafeModelError": "sources",
+    "convert": "sources",
+    "load_audio": "audio",
+}
 
-__all__ = [
-    "AgeGenderClassifier",
-    "AgeGenderPrediction",
-    "AudioError",
-    "CheckpointError",
-    "DEFAULT_SOURCE",
-    "SourceError",
-    "UnsafeModelError",
-    "convert",
-    "convert_audeering_checkpoint",
-    "load_audio",
-]
+__all__ = [*_WHERE, "convert_audeering_checkpoint"]
+
+
+def __getattr__(name):
+    if name == "convert_audeering_checkpoint":  # former name of convert
+        name = "convert"
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .audio import MIN_SAMPLES, SAMPLE_RATE, AudioFile
+from .audio import MIN_SAMPLES, SAMPLE_RATE, AudioError, AudioFile
+from .defaults import DEFAULT_WINDOW, MAX_WHOLE_SECONDS, MIN_TAIL
 from .results import AgeGenderPrediction
 
 __all__ = [
@@ -41,14 +42,8 @@ __all__ = [
     "Analyzer",
 ]
 
-#: Spans up to this many seconds are analysed in one pass, as the reference does.
-MAX_WHOLE_SECONDS = 30.0
-#: Window length in seconds for longer spans (audEERING: trained on 2-6 s segments).
-DEFAULT_WINDOW = 4.0
 #: Hop between window starts in seconds (``hop=None`` means the window: no overlap).
 DEFAULT_HOP = DEFAULT_WINDOW
-#: A final window shorter than this (seconds) is merged into the previous window.
-MIN_TAIL = 3.0
 #: What a result without speech says.
 NO_SPEECH = "no speech detected"
 
@@ -264,7 +259,7 @@ class Analyzer:
         """The settings that decide the numbers (recorded with result tables)."""
         return {"window": self.window, "hop": self.hop, "max_whole": self.max_whole,
                 "min_tail": self.min_tail, "trim": self.trim,
-                "detector": None if self.detector is None else self.detector.describe()}
+                "detector": None if self.detector is None else repr(self.detector)}
 
     # ------------------------------------------------------------------ the model call
     def predict_signals(self, signals: Sequence[torch.Tensor]) -> AgeGenderPrediction:
@@ -366,8 +361,10 @@ class Analyzer:
             if turns is None:
                 spans = [(0, audio.n16, None)]
             else:
+                from .speech import check_turns
+
                 spans = [(_samples(t.start), min(audio.n16, _samples(t.end)), t.speaker)
-                         for t in turns]
+                         for t in check_turns(turns, audio.duration, str(path))]
             pending = _Pending(str(path), audio.duration, [])
             for start, end, speaker in spans:
                 result = SpanResult(start / SAMPLE_RATE, end / SAMPLE_RATE, speaker)
@@ -375,7 +372,13 @@ class Analyzer:
                 if (end - start) / SAMPLE_RATE > self.max_whole:
                     self._windowed(audio, start, end, result)
                     continue
-                wav = audio.read(start, end)
+                try:
+                    wav = audio.read(start, end)
+                except AudioError as err:
+                    if turns is None:
+                        raise
+                    result.error = str(err)  # this turn only (e.g. shorter than 25 ms)
+                    continue
                 if self.detector is not None:
                     found = self.detector.detect([wav])
                     result.speech_spans = _seconds(found, start)

@@ -1,4 +1,9 @@
-"""What the ``agegender`` command reads: audio files, folders, list files, speaker maps."""
+"""What the ``agegender`` command reads: audio files, folders, list files, turns, speaker maps.
+
+Inputs become ``(path, turns)`` items: ``turns`` is None (analyse the whole file) or a list of
+:class:`~agegender_sb.speech.Turn` from a segment list (``.csv`` with ``start``, ``end`` and
+``speaker`` columns) or an RTTM file (``--rttm``, matched by the audio file's stem).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ __all__ = [
     "AUDIO_EXTENSIONS",
     "InputError",
     "expand_inputs",
+    "collect_items",
     "read_list_file",
     "read_speakers",
     "SpeakerMap",
@@ -34,7 +40,7 @@ def _resolve(entry: str, base: Path) -> str:
 
 
 def read_list_file(path: str | os.PathLike) -> list[str]:
-    """Paths listed in a ``.txt`` (one a line) or ``.csv`` (``path`` column) file.
+    """Paths listed in a ``.txt`` (one a line) or ``.csv`` (``path`` column) file, each once.
 
     Relative paths are taken relative to the list file's folder. In ``.txt`` files, blank
     lines and lines starting with ``#`` are skipped.
@@ -44,68 +50,133 @@ def read_list_file(path: str | os.PathLike) -> list[str]:
     InputError
         If the file cannot be read, or a CSV has no ``path`` column.
     """
-    path = Path(path)
-    base = path.parent
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: cannot read the list file ({err})") from err
-    if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        if not reader.fieldnames or "path" not in reader.fieldnames:
-            raise InputError(f"{path}: a CSV list needs a 'path' column "
-                             f"(columns: {reader.fieldnames})")
-        return [_resolve(row["path"].strip(), base) for row in reader
-                if row.get("path") and row["path"].strip()]
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            out.append(_resolve(line, base))
-    return out
+    return list(dict.fromkeys(p for p, _ in read_list_items(path)))
 
 
-def _find_audio(folder: Path) -> list[str]:
-    found = [
-        str(p) for p in folder.rglob("*")
-        if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()
-    ]
-    return sorted(found)
+def read_list_items(path: str | os.PathLike) -> list[tuple[str, object]]:
+    """``(path, turn or None)`` rows of a list file.
 
-
-def expand_inputs(items: Iterable[str | os.PathLike]) -> list[str]:
-    """Audio file paths from command-line inputs, in order, each once.
-
-    - a folder → the audio files under it, recursively (by :data:`AUDIO_EXTENSIONS`), sorted;
-    - a ``.txt`` or ``.csv`` file → the paths it lists;
-    - anything else → itself (missing or unreadable files get an error row later).
+    A ``.csv`` with ``start`` and ``end`` columns (seconds; ``speaker`` optional) lists
+    segments: one row per turn. Rows of one file must all have times or none.
 
     Raises
     ------
     InputError
-        For an unusable list file or a folder without audio files.
+        Naming the file and line: unreadable file, missing ``path`` column, a time that is
+        not a number, or a file listed both whole and in segments.
     """
-    out: list[str] = []
-    seen: set[str] = set()
+    from .speech import Turn
+
+    path = Path(path)
+    base = path.parent
+    try:
+        text = path.read_text(encoding="utf-8-sig", errors="surrogateescape")
+    except OSError as err:
+        raise InputError(f"{path}: cannot read the list file ({err})") from err
+    if path.suffix.lower() != ".csv":
+        return [(_resolve(line.strip(), base), None) for line in text.splitlines()
+                if line.strip() and not line.strip().startswith("#")]
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    names = reader.fieldnames or []
+    if "path" not in names:
+        raise InputError(f"{path}: a CSV list needs a 'path' column (columns: {names})")
+    timed = "start" in names and "end" in names
+    if ("start" in names) != ("end" in names):
+        raise InputError(f"{path}: a segment list needs both 'start' and 'end' columns")
+    out, kinds = [], {}
+    for lineno, row in enumerate(reader, start=2):
+        value = (row.get("path") or "").strip()
+        if not value:
+            continue
+        item = _resolve(value, base)
+        turn = None
+        if timed and ((row.get("start") or "").strip() or (row.get("end") or "").strip()):
+            try:
+                start, end = float(row["start"]), float(row["end"])
+            except (TypeError, ValueError):
+                raise InputError(f"{path}, line {lineno}: start/end must be seconds, got "
+                                 f"{row.get('start')!r}, {row.get('end')!r}") from None
+            turn = Turn(start, end, (row.get("speaker") or "").strip() or None)
+        kind = turn is not None
+        if kinds.setdefault(item, kind) != kind:
+            raise InputError(f"{path}, line {lineno}: {value} is listed both whole and in "
+                             "segments")
+        out.append((item, turn))
+    return out
+
+
+def _find_audio(folder: Path) -> list[str]:
+    """Audio names under ``folder``, sorted; broken links, loops and FIFOs are kept, so
+    that they get an error row instead of vanishing."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in files + [d for d in dirs if Path(root, d).is_symlink()]:
+            p = Path(root) / name
+            if p.suffix.lower() in AUDIO_EXTENSIONS and not p.is_dir():
+                found.append(str(p))
+    return sorted(found)
+
+
+def expand_inputs(items: Iterable[str | os.PathLike]) -> list[str]:
+    """Audio file paths from command-line inputs, in order, each once (see
+    :func:`collect_items`)."""
+    return [path for path, _ in collect_items(items)]
+
+
+def collect_items(items: Iterable[str | os.PathLike], rttm=None) -> list[tuple[str, list | None]]:
+    """``(path, turns or None)`` from command-line inputs, in order, each path once.
+
+    - a folder → the audio files under it, recursively (by :data:`AUDIO_EXTENSIONS`), sorted;
+    - a ``.txt`` or ``.csv`` file → the paths (or segments) it lists;
+    - anything else → itself (missing or unreadable files get an error row later).
+
+    ``rttm`` (a ``{file id: [Turn]}`` mapping, :func:`agegender_sb.speech.read_rttm`) gives
+    the turns of each file whose stem is a file id.
+
+    Raises
+    ------
+    InputError
+        For an unusable list file, a folder without audio files, RTTM file ids that match no
+        input, or a file given turns twice.
+    """
+    out: dict[str, list | None] = {}
     for item in items:
-        item = str(item)
+        item = os.fspath(item)
         p = Path(item)
         if p.is_dir():
-            paths = _find_audio(p)
-            if not paths:
+            rows = [(f, None) for f in _find_audio(p)]
+            if not rows:
                 raise InputError(f"{p}: no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})"
                                  " found in this folder")
         elif p.suffix.lower() in (".txt", ".csv", ".lst", ".list"):
             if not p.is_file():
                 raise InputError(f"{p}: no such list file")
-            paths = read_list_file(p)
+            rows = read_list_items(p)
         else:
-            paths = [item]
-        for path in paths:
-            if path not in seen:
-                seen.add(path)
-                out.append(path)
-    return out
+            rows = [(item, None)]
+        for path, turn in rows:
+            if turn is None:
+                out.setdefault(path, None)
+            else:
+                out.setdefault(path, [])
+                if out[path] is None:
+                    raise InputError(f"{path}: listed both whole and in segments")
+                out[path].append(turn)
+    if rttm:
+        by_stem: dict[str, list[str]] = {}
+        for path in out:
+            by_stem.setdefault(Path(path).stem, []).append(path)
+        unknown = sorted(set(rttm) - set(by_stem))
+        if unknown:
+            raise InputError(f"RTTM file ids with no audio among the inputs: "
+                             f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+        for file_id, turns in rttm.items():
+            for path in by_stem[file_id]:
+                if out[path] is not None:
+                    raise InputError(f"{path}: turns given both by a segment list and RTTM")
+                out[path] = list(turns)
+    return list(out.items())
 
 
 class SpeakerMap:

@@ -17,6 +17,7 @@ from speechbrain.inference.classifiers import EncoderClassifier
 
 from .audio import AudioError, load_audio, validate_batch
 from .checkpoint import CheckpointError, fingerprint
+from .defaults import DEFAULT_SOURCE
 from .model_config import setting_fields
 from .results import AgeGenderPrediction
 
@@ -24,8 +25,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_SOURCE", "AgeGenderPrediction", "AgeGenderClassifier"]
 
-#: The published 24-layer model (the 6-layer sibling: ``...-6-ft-age-gender``).
-DEFAULT_SOURCE = "audeering/wav2vec2-large-robust-24-ft-age-gender"
 
 
 class AgeGenderClassifier(EncoderClassifier):

@@ -43,9 +43,9 @@ class AgeGenderModel(torch.nn.Module):
     >>> from agegender_sb.audio import UtteranceNormalizer
     >>> from agegender_sb.encoder import Wav2Vec2Encoder
     >>> from agegender_sb.heads import MaskedMeanPooling, MLPHead
-    >>> enc = Wav2Vec2Encoder(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+    >>> enc = Wav2Vec2Encoder(dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
     ...     intermediate_size=37, conv_dim=[16] * 7, num_conv_pos_embeddings=16,
-    ...     num_conv_pos_embedding_groups=2)
+    ...     num_conv_pos_embedding_groups=2))
     >>> model = AgeGenderModel(UtteranceNormalizer(), enc, MaskedMeanPooling(),
     ...                        MLPHead(32, 1), MLPHead(32, 3)).eval()
     >>> out = model(torch.randn(2, 8000), torch.tensor([1.0, 0.6]))

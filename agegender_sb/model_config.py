@@ -232,6 +232,23 @@ def hparams_from_config(config: dict, require_labels: bool = True) -> dict:
     return overrides
 
 
+def _yaml_float(value: float) -> str:
+    """A float as YAML 1.1 reads it back as a float.
+
+    Example
+    -------
+    >>> _yaml_float(1e-05), _yaml_float(0.1), _yaml_float(3.0)
+    ('1.0e-05', '0.1', '3.0')
+    """
+    text = repr(float(value))
+    if text in ("inf", "-inf", "nan"):
+        return {"inf": ".inf", "-inf": "-.inf", "nan": ".nan"}[text]
+    mantissa, _, exp = text.partition("e")
+    if "." not in mantissa:
+        mantissa += ".0"
+    return mantissa + ("e" + exp if exp else "")
+
+
 def render_model_yaml(values: dict) -> str:
     """The packaged ``inference.yaml`` with ``values`` in place of its plain settings.
 
@@ -262,6 +279,9 @@ def render_model_yaml(values: dict) -> str:
         return value
 
     rt = YAML(typ="rt")
+    # YAML 1.1 (hyperpyyaml) reads "1e-05" as a string: always write a mantissa with a dot
+    rt.representer.add_representer(float, lambda rep, value: rep.represent_scalar(
+        "tag:yaml.org,2002:float", _yaml_float(value)))
     rt.indent(mapping=4, sequence=4, offset=2)
     rt.width = 1000
     data = rt.load(packaged_hparams_path().read_text(encoding="utf-8"))

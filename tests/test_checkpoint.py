@@ -20,7 +20,7 @@ from reference import (
 from safetensors.torch import load_file, save_file
 from speechbrain.utils.fetching import FetchConfig
 
-from agegender_sb import AgeGenderClassifier, CheckpointError, convert_audeering_checkpoint
+from agegender_sb import AgeGenderClassifier, CheckpointError, SourceError, convert_audeering_checkpoint
 
 X = (0.1 * np.random.RandomState(7).randn(12000)).astype(np.float32)
 
@@ -129,7 +129,7 @@ def test_config_without_labels_is_refused(tmp_path, tiny_card):
 
 
 def test_folder_without_model_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="hyperparams.yaml"):
+    with pytest.raises(SourceError, match="hyperparams.yaml"):
         AgeGenderClassifier.from_hparams(source=str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps(audeering_config()))
     with pytest.raises(CheckpointError, match="model.safetensors or pytorch_model.bin"):
@@ -144,7 +144,7 @@ def test_convert_to_speechbrain_folder(tmp_path, tiny_card, tiny_checkpoint):
                      "hyperparams.yaml"]
     hp = yaml.load((out / "hyperparams.yaml").read_text(), Loader=yaml.BaseLoader)
     assert hp["gender_labels"] == ["female", "male", "child"]
-    assert hp["hidden_size"] == "32" and hp["num_hidden_layers"] == "2"
+    assert hp["wav2vec2"]["hidden_size"] == "32" and hp["wav2vec2"]["num_hidden_layers"] == "2"
     # loadable elsewhere: copy the folder, load it as a SpeechBrain model
     moved = shutil.copytree(out, tmp_path / "moved")
     clf = AgeGenderClassifier.from_hparams(source=str(moved), savedir=tmp_path / "save")
@@ -220,13 +220,26 @@ def test_hub_id_goes_through_the_hub_client(tmp_path, tiny_card, tiny_checkpoint
     assert torch.allclose(_outputs(clf2), _ref_outputs(card), atol=1e-4, rtol=0)
 
 
-def test_converted_folder_keeps_inference_settings(tmp_path, tiny_checkpoint):
-    from agegender_sb.checkpoint import save_speechbrain_folder
+def test_converted_folder_keeps_inference_settings(tmp_path, tiny_card, tiny_checkpoint):
+    """A model folder repeats non-default settings, and they act: the age scale, and a
+    normalisation epsilon compared with the reference computed with that epsilon, on a
+    low-amplitude signal where it matters."""
+    from agegender_sb.sources import save_model_folder
 
+    card, _ = tiny_card
     clf = AgeGenderClassifier.from_hparams(source=tiny_checkpoint,
                                            overrides={"age_scale": 90.0, "norm_eps": 1e-5})
-    out = save_speechbrain_folder(clf, tmp_path / "sb")
+    out = save_model_folder(clf.mods.model, clf.settings, tmp_path / "sb")
     again = AgeGenderClassifier.from_hparams(source=str(out), savedir=tmp_path / "s")
     assert again.hparams.age_scale == 90.0 and again.hparams.norm_eps == 1e-5
-    x = torch.from_numpy(X)
-    assert torch.allclose(again.predict_batch(x).age, clf.predict_batch(x).age, atol=1e-5)
+    quiet = X * 1e-3  # variance 1e-8: eps 1e-5 dominates it
+    x = torch.from_numpy(quiet).double()
+    y = ((x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-5)).float()[None]
+    with torch.no_grad():
+        hidden, age, _ = card(y)
+    pred = again.predict_batch(torch.from_numpy(quiet))
+    assert torch.allclose(pred.embedding[0], hidden[0], atol=1e-5, rtol=0)
+    assert abs(float(pred.age[0]) - 90.0 * float(age[0, 0])) < 1e-4
+    # and the default epsilon gives something else on that signal: the setting is used
+    default = AgeGenderClassifier.from_hparams(source=tiny_checkpoint)
+    assert (default.predict_batch(torch.from_numpy(quiet)).embedding - pred.embedding).abs().max() > 1e-3

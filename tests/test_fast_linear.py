@@ -52,8 +52,8 @@ def test_encoder_uses_it_and_keeps_its_state_dict_keys():
     kwargs = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                   intermediate_size=37, conv_dim=[16] * 7, num_conv_pos_embeddings=16,
                   num_conv_pos_embedding_groups=2)
-    fast = Wav2Vec2Encoder(**kwargs).eval()
-    plain = Wav2Vec2Encoder(onednn_linear=False, **kwargs).eval()
+    fast = Wav2Vec2Encoder(kwargs).eval()
+    plain = Wav2Vec2Encoder(kwargs, onednn_linear=False).eval()
     assert any(isinstance(m, OneDNNLinear) for m in fast.modules())
     assert not any(isinstance(m, OneDNNLinear) for m in plain.modules())
     assert list(fast.state_dict()) == list(plain.state_dict())

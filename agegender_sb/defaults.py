@@ -1,0 +1,22 @@
+"""Defaults a user sees in the command line and the API, importable without torch.
+
+Example
+-------
+>>> MAX_WHOLE_SECONDS, DEFAULT_WINDOW, DEFAULT_VAD
+(30.0, 4.0, 'silero')
+"""
+
+__all__ = ["DEFAULT_SOURCE", "MAX_WHOLE_SECONDS", "DEFAULT_WINDOW", "MIN_TAIL", "DEFAULT_VAD",
+           "VAD_CHOICES"]
+
+#: The published 24-layer model (the 6-layer sibling: ``...-6-ft-age-gender``).
+DEFAULT_SOURCE = "audeering/wav2vec2-large-robust-24-ft-age-gender"
+#: Spans up to this many seconds are analysed in one pass, as the reference does.
+MAX_WHOLE_SECONDS = 30.0
+#: Window length in seconds for longer spans (audEERING: trained on 2-6 s segments).
+DEFAULT_WINDOW = 4.0
+#: A final window shorter than this (seconds) is merged into the previous window.
+MIN_TAIL = 3.0
+#: The speech detector used unless told otherwise (``none`` analyses every sample).
+DEFAULT_VAD = "silero"
+VAD_CHOICES = ("silero", "energy", "none")

@@ -1,0 +1,102 @@
+"""Analysis results → table rows, and speakers pooled from rows; shared by the command line
+(:mod:`agegender_sb.cli`) and :meth:`AgeGenderClassifier.predict_table`.
+
+Row kinds and columns: see :mod:`agegender_sb.tables`. Speaker rows (``--speakers``) are
+pooled from file rows with the result type's one pooling rule
+(:meth:`~agegender_sb.results.AgeGenderPrediction.pool`, weights: seconds of speech), taking
+the logarithm of the written probabilities as logits (equal up to a constant per row, so the
+pooled probabilities are the same).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .analysis import NO_SPEECH, FileResult, SpanResult
+from .results import AgeGenderPrediction
+
+__all__ = ["file_rows", "error_row", "speaker_row", "is_failure"]
+
+# Probabilities are written with 4 decimals: below this a written 0 says nothing more.
+_PROB_FLOOR = 5e-5
+
+
+def _values(span: SpanResult, pred=None) -> dict:
+    pred = span.prediction if pred is None else pred
+    if pred is None:
+        return {"error": span.error or NO_SPEECH}
+    return {"error": None, **pred.to_records()[0]}
+
+
+def file_rows(path: str, result: FileResult, segments: bool = False) -> list[dict]:
+    """The rows of one analysed file, its own row last.
+
+    With turns: one row per speaker of the file (and per turn with ``segments``); without:
+    one row per window of a windowed file with ``segments``.
+    """
+    rows = []
+    turns = any(s.speaker is not None for s in result.spans)
+    if segments:
+        for span in result.spans:
+            if turns:
+                rows.append({"path": path, "speaker": span.speaker, "start": span.start,
+                             "end": span.end, "duration": span.duration,
+                             "speech": span.speech, **_values(span)})
+            elif span.windowed and span.window_predictions is not None:
+                for (start, end), rec in zip(span.windows, span.window_predictions.to_records()):
+                    rows.append({"path": path, "start": start, "end": end,
+                                 "duration": end - start, "speech": end - start,
+                                 "error": None, **rec})
+    if turns:
+        for speaker, pooled in result.speakers().items():
+            total = sum(s.duration for s in result.spans if s.speaker == speaker)
+            rows.append({"path": path, "speaker": speaker, "duration": total,
+                         "speech": pooled.speech, **_values(pooled)})
+    own = {"path": path, "duration": result.duration, "speech": result.speech}
+    if result.prediction is None:
+        own["error"] = result.error or NO_SPEECH
+    else:
+        own.update(error=None, **result.prediction.to_records()[0])
+    rows.append(own)
+    return rows
+
+
+def error_row(path: str, err: Exception) -> dict:
+    """The row of a file that could not be analysed."""
+    return {"path": path, "error": str(err) or type(err).__name__}
+
+
+def is_failure(row: dict) -> bool:
+    """Whether a row reports a failure (no speech is a result, not a failure)."""
+    return row.get("error") is not None and row.get("error") != NO_SPEECH
+
+
+def speaker_row(speaker: str, rows: list[dict], labels) -> dict:
+    """One row for ``speaker``: its files' rows pooled by seconds of speech.
+
+    Example
+    -------
+    >>> a = {"age": 20.0, "female": 0.9, "male": 0.05, "child": 0.05, "speech": 3.0,
+    ...      "duration": 3.0, "error": None}
+    >>> b = {"age": 40.0, "female": 0.1, "male": 0.8, "child": 0.1, "speech": 1.0,
+    ...      "duration": 2.0, "error": None}
+    >>> r = speaker_row("s1", [a, b], ("female", "male", "child"))
+    >>> r["age"], r["gender"], r["duration"], r["speech"]
+    (25.0, 'female', 5.0, 4.0)
+    """
+    ok = [r for r in rows if r.get("error") is None and (r.get("speech") or 0) > 0]
+    if not ok:
+        why = ("no speech detected in its files" if rows and all(
+            r.get("error") == NO_SPEECH for r in rows) else
+            f"none of its {len(rows)} file(s) was analysed successfully")
+        return {"speaker": speaker, "error": f"speaker {speaker}: {why}"}
+    logits = torch.tensor([[math.log(max(r[lab], _PROB_FLOOR)) for lab in labels] for r in ok],
+                          dtype=torch.float64)
+    ages = torch.tensor([r["age"] / 100.0 for r in ok], dtype=torch.float64)
+    pred = AgeGenderPrediction.from_outputs(ages, logits, torch.zeros(len(ok), 1), labels)
+    pooled = pred.pool([r["speech"] for r in ok]).to_records()[0]
+    pooled["age"] = float(sum(r["age"] * r["speech"] for r in ok) / sum(r["speech"] for r in ok))
+    return {"speaker": speaker, "duration": float(sum(r.get("duration") or 0 for r in ok)),
+            "speech": float(sum(r["speech"] for r in ok)), "error": None, **pooled}
