@@ -185,19 +185,24 @@ def _looks_local(source: str) -> bool:
 
 
 # ---------------------------------------------------------------------------- fetching
-def _hub_host() -> str:
+def _hub_address() -> tuple[str, int]:
     from huggingface_hub import constants
 
-    return urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    url = urlparse(constants.ENDPOINT)
+    return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+
+
+def _hub_host() -> str:
+    return "%s:%d" % _hub_address()
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the hub's host answers on port 443 within ``timeout`` (no proxy set)."""
+    """Whether the hub's host answers within ``timeout`` (checked only without a proxy)."""
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY",
                                        "all_proxy")):
         return True  # the proxy decides; huggingface_hub reports its own errors
     try:
-        with socket.create_connection((_hub_host(), 443), timeout=timeout):
+        with socket.create_connection(_hub_address(), timeout=timeout):
             return True
     except OSError:
         return False
