@@ -1,0 +1,801 @@
+"""Where the speech is: voice activity detection and speaker turns from outside.
+
+Real recordings (interviews, meetings, podcasts) hold silence, noise and several speakers.
+audEERING advise running a voice activity detector first and pooling per speaker; this module
+holds the pieces for that, independent of the model:
+
+- **Speech detectors** turn a 16 kHz mono signal into sorted, non-overlapping speech spans
+  ``(start, end)`` in samples. They take the signal as an iterable of consecutive blocks, so an
+  hour-long file can be streamed in bounded memory, and the spans do not depend on how the
+  signal is cut into blocks.
+
+  - :class:`SileroDetector` (the default, :data:`DEFAULT_DETECTOR`): Silero VAD from the
+    ``silero-vad`` package (MIT; the model ships inside its wheel).
+  - :class:`EnergyDetector`: a model-free fallback; frame standard deviation in dBFS against
+    an absolute threshold.
+
+  Both score 512-sample (32 ms) frames and turn the scores into spans with one
+  implementation, silero's own ``get_speech_timestamps_from_probs`` (hysteresis between
+  ``threshold`` and ``neg_threshold``, minimum speech and silence durations, padding).
+- **Speaker turns** ``Turn(start, end, speaker)`` in seconds, read from NIST RTTM files
+  (:func:`read_rttm`, what pyannote.audio writes), a ``pyannote.core.Annotation``
+  (:func:`turns_from_annotation`) or plain tuples (:func:`turns_from_tuples`), and checked
+  against a file's duration (:func:`check_turns`).
+
+Examples
+--------
+>>> import torch
+>>> detector = make_detector("energy")
+>>> wav = torch.zeros(3 * SAMPLE_RATE)
+>>> noise = 0.1 * torch.randn(SAMPLE_RATE, generator=torch.Generator().manual_seed(0))
+>>> wav[SAMPLE_RATE : 2 * SAMPLE_RATE] = noise  # 1 s of sound (-20 dBFS) from 1.0 to 2.0 s
+>>> spans = detector(wav)                        # [(start, end)] in 16 kHz samples
+>>> [(round(s / SAMPLE_RATE, 3), round(e / SAMPLE_RATE, 3)) for s, e in spans]
+[(0.962, 2.046)]
+>>> speech_seconds(spans)                        # whole 32 ms frames, padded by 30 ms
+1.084
+>>> detector.detect(wav.split(7000)) == spans     # streamed in blocks: the same spans
+True
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DEFAULT_DETECTOR",
+    "DETECTORS",
+    "FRAME_SAMPLES",
+    "SAMPLE_RATE",
+    "TURN_TOLERANCE_S",
+    "EnergyDetector",
+    "SileroDetector",
+    "SpeechDetector",
+    "Turn",
+    "TurnError",
+    "check_turns",
+    "make_detector",
+    "read_rttm",
+    "speech_seconds",
+    "turns_from_annotation",
+    "turns_from_tuples",
+]
+
+SAMPLE_RATE = 16000
+"""Sample rate (Hz) of the signals the detectors take and of the spans they return."""
+
+FRAME_SAMPLES = 512
+"""Samples per scored frame (32 ms at 16 kHz): Silero VAD's chunk size, used by both detectors."""
+
+DEFAULT_DETECTOR = "silero"
+"""Name of the detector :func:`make_detector` builds by default."""
+
+DETECTORS = ("silero", "energy", "none")
+"""Names :func:`make_detector` accepts (``None`` is the same as ``"none"``)."""
+
+TURN_TOLERANCE_S = 0.01
+"""Seconds a turn may end past the file's end before :func:`check_turns` calls it an error."""
+
+
+# --------------------------------------------------------------------------------------------
+# Speech detectors
+# --------------------------------------------------------------------------------------------
+
+
+def speech_seconds(spans: Iterable[tuple[int, int]]) -> float:
+    """Total length in seconds of ``(start, end)`` spans in 16 kHz samples.
+
+    >>> speech_seconds([(0, 16000), (32000, 40000)])
+    1.5
+    >>> speech_seconds([])
+    0.0
+    """
+    return sum(end - start for start, end in spans) / SAMPLE_RATE
+
+
+def _check_seconds(name: str, value: float) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    return value
+
+
+def _spans_from_scores(
+    scores: np.ndarray,
+    num_samples: int,
+    threshold: float,
+    neg_threshold: float,
+    min_speech_s: float,
+    min_silence_s: float,
+    speech_pad_s: float,
+) -> list[tuple[int, int]]:
+    """Speech spans (16 kHz samples) from per-frame speech scores in [0, 1].
+
+    The single post-processing step of both detectors: silero's own
+    ``get_speech_timestamps_from_probs`` (the code behind ``get_speech_timestamps``), so the
+    semantics are silero's. A span starts at a frame scoring ``>= threshold`` and ends at the
+    first frame scoring ``< neg_threshold`` that is followed by at least ``min_silence_s`` of
+    frames not back at ``>= threshold``; spans not longer than ``min_speech_s`` are dropped;
+    each span is padded by ``speech_pad_s`` on both sides (at most half the gap to the next
+    span) and clipped to ``[0, num_samples]``.
+
+    >>> scores = np.array([0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0], dtype=np.float32)
+    >>> _spans_from_scores(scores, 15 * 512, 0.5, 0.35, 0.25, 0.1, 0.0)
+    [(1024, 5120)]
+    """
+    from silero_vad import get_speech_timestamps_from_probs
+
+    speeches = get_speech_timestamps_from_probs(
+        np.asarray(scores, dtype=np.float32).tolist(),
+        sampling_rate=SAMPLE_RATE,
+        threshold=threshold,
+        neg_threshold=neg_threshold,
+        min_speech_duration_ms=min_speech_s * 1000.0,
+        min_silence_duration_ms=min_silence_s * 1000.0,
+        speech_pad_ms=speech_pad_s * 1000.0,
+        audio_length_samples=num_samples,
+    )
+    return [(int(s["start"]), int(s["end"])) for s in speeches]
+
+
+class SpeechDetector(abc.ABC):
+    """A speech detector: 16 kHz mono signal in, sorted non-overlapping speech spans out.
+
+    Subclasses score consecutive 512-sample frames (:data:`FRAME_SAMPLES`, 32 ms) with values in
+    [0, 1]; this class streams the blocks into frames (carrying the remainder from block to
+    block), and turns the scores into spans with silero's post-processing (see
+    :func:`_spans_from_scores`). Each frame is scored from the same samples whatever the block
+    boundaries, so the spans do not depend on them. Memory: one block plus 4 bytes of score
+    per frame (450 kB per audio hour).
+
+    Parameters
+    ----------
+    threshold : float
+        A frame scoring ``>= threshold`` is speech (starts a span).
+    neg_threshold : float
+        Inside a span, a frame scoring ``< neg_threshold`` is silence (may end it); between
+        the two thresholds a span goes on (hysteresis).
+    min_speech_s, min_silence_s, speech_pad_s : float
+        Minimum span length kept, minimum silence that ends a span, and padding added on both
+        sides of each span, in seconds.
+    """
+
+    def __init__(
+        self,
+        threshold: float,
+        neg_threshold: float,
+        min_speech_s: float = 0.25,
+        min_silence_s: float = 0.1,
+        speech_pad_s: float = 0.03,
+    ):
+        if not 0.0 < neg_threshold <= threshold <= 1.0:
+            raise ValueError(
+                "need 0 < neg_threshold <= threshold <= 1, got "
+                f"threshold={threshold!r}, neg_threshold={neg_threshold!r}"
+            )
+        self.threshold = float(threshold)
+        self.neg_threshold = float(neg_threshold)
+        self.min_speech_s = _check_seconds("min_speech_s", min_speech_s)
+        self.min_silence_s = _check_seconds("min_silence_s", min_silence_s)
+        self.speech_pad_s = _check_seconds("speech_pad_s", speech_pad_s)
+        self._lock = threading.Lock()
+
+    @abc.abstractmethod
+    def _reset(self) -> None:
+        """Forget any state from a previous signal."""
+
+    @abc.abstractmethod
+    def _score(self, frames: torch.Tensor) -> np.ndarray:
+        """Scores in [0, 1] of consecutive frames ``[n, FRAME_SAMPLES]`` float32 -> ``[k]``.
+
+        ``k <= n``: a detector may hold frames back and score them in a later call or in
+        :meth:`_flush`; scores come out in frame order.
+        """
+
+    def _flush(self) -> np.ndarray:
+        """Scores of frames :meth:`_score` held back (a detector that scores in groups)."""
+        return np.zeros(0, dtype=np.float32)
+
+    def _score_tail(self, tail: torch.Tensor) -> np.ndarray:
+        """Score of the last, partial frame ``[m]`` (``0 < m < FRAME_SAMPLES``) -> ``[1]``.
+
+        By default it is zero-padded to a whole frame, as ``get_speech_timestamps`` does.
+        """
+        frame = torch.nn.functional.pad(tail, (0, FRAME_SAMPLES - tail.numel()))
+        return self._score(frame[None])
+
+    def detect(self, blocks: Iterable[torch.Tensor]) -> list[tuple[int, int]]:
+        """Speech spans of one signal given as consecutive blocks.
+
+        Parameters
+        ----------
+        blocks : iterable of torch.Tensor
+            Consecutive 1-D float blocks ``[time_i]`` of one 16 kHz mono signal, any lengths
+            (empty blocks are allowed); they are read one at a time.
+
+        Returns
+        -------
+        list of (int, int)
+            Sorted, non-overlapping ``(start, end)`` spans in 16 kHz samples over the
+            concatenated signal (``end`` exclusive); empty when there is no speech.
+
+        Raises
+        ------
+        TypeError, ValueError
+            A block that is not a 1-D floating-point tensor, or has NaN/Inf samples.
+        """
+        with self._lock, torch.no_grad():
+            self._reset()
+            scores: list[np.ndarray] = []
+            rest = torch.zeros(0)
+            total = 0
+            for index, block in enumerate(blocks):
+                block = _check_block(block, index)
+                total += block.numel()
+                buffer = torch.cat([rest, block]) if rest.numel() else block
+                whole = buffer.numel() // FRAME_SAMPLES * FRAME_SAMPLES
+                if whole:
+                    scores.append(self._score(buffer[:whole].reshape(-1, FRAME_SAMPLES)))
+                rest = buffer[whole:].clone()
+            if rest.numel():
+                scores.append(self._score_tail(rest))
+            scores.append(self._flush())
+            if not total:
+                return []
+            return _spans_from_scores(
+                np.concatenate(scores),
+                total,
+                self.threshold,
+                self.neg_threshold,
+                self.min_speech_s,
+                self.min_silence_s,
+                self.speech_pad_s,
+            )
+
+    def __call__(self, wav: torch.Tensor) -> list[tuple[int, int]]:
+        """Speech spans of a whole signal ``[time]``: ``detect([wav])``."""
+        return self.detect([wav])
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({options})"
+
+
+def _check_block(block, index: int) -> torch.Tensor:
+    if not isinstance(block, torch.Tensor):
+        raise TypeError(f"block {index}: expected a torch.Tensor, got {type(block).__name__}")
+    if block.dim() != 1:
+        raise ValueError(
+            f"block {index}: expected a 1-D 16 kHz mono signal [time], got shape "
+            f"{tuple(block.shape)}"
+        )
+    if not block.is_floating_point():
+        raise TypeError(f"block {index}: expected floating-point samples, got {block.dtype}")
+    block = block.detach().to("cpu", torch.float32)
+    if not bool(torch.isfinite(block).all()):
+        raise ValueError(f"block {index}: has NaN or Inf samples")
+    return block
+
+
+def _load_silero(**kwargs):
+    """``silero_vad.load_silero_vad(**kwargs)``, undoing its import-time thread change.
+
+    ``silero_vad.model`` calls ``torch.set_num_threads(1)`` when it is imported; the
+    process's setting is put back so importing the detector changes nothing global.
+    """
+    threads = torch.get_num_threads()
+    try:
+        import silero_vad
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+    return silero_vad.load_silero_vad(**kwargs)
+
+
+class SileroDetector(SpeechDetector):
+    """Silero VAD (``silero-vad`` package, MIT; the model ships inside its wheel).
+
+    The model scores each 512-sample chunk with a speech probability, keeping its recurrent
+    state and 64-sample context from chunk to chunk (and so across blocks); the last partial
+    chunk is zero-padded, as ``silero_vad.get_speech_timestamps`` does, and the probabilities
+    go through the same post-processing, so the spans equal ``get_speech_timestamps`` with
+    the same options (no ``max_speech_duration_s`` split).
+
+    The model is loaded on first use, once per detector. One detector runs one signal at a
+    time (``detect`` holds a lock); use one detector per thread for parallel work.
+
+    Parameters
+    ----------
+    threshold : float
+        Speech probability at or above which a chunk is speech (silero's default 0.5).
+    neg_threshold : float, optional
+        Probability below which a chunk inside a span is silence; default
+        ``max(threshold - 0.15, 0.01)`` as in silero.
+    min_speech_s, min_silence_s, speech_pad_s : float
+        Seconds: spans not longer than ``min_speech_s`` (0.25) are dropped; a span ends after
+        ``min_silence_s`` (0.1) of silence; spans are padded by ``speech_pad_s`` (0.03).
+    backend : {"jit", "onnx"}
+        ``"jit"`` (default): silero's TorchScript model, one chunk per call, run with the
+        process's torch thread settings (the model is small; they are not changed).
+        ``"onnx"``: silero's sequence ONNX export (same weights, up to 512 chunks per call,
+        about 3-4x faster), in its own one-thread ONNX Runtime session; needs
+        ``onnxruntime`` (``pip install "agegender_sb[onnx]"``). Probabilities agree with
+        the TorchScript model to float rounding, not bit for bit.
+    """
+
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        neg_threshold: float | None = None,
+        min_speech_s: float = 0.25,
+        min_silence_s: float = 0.1,
+        speech_pad_s: float = 0.03,
+        backend: str = "jit",
+    ):
+        if neg_threshold is None:
+            neg_threshold = max(threshold - 0.15, 0.01)
+        super().__init__(threshold, neg_threshold, min_speech_s, min_silence_s, speech_pad_s)
+        if backend not in ("jit", "onnx"):
+            raise ValueError(f"backend must be 'jit' or 'onnx', got {backend!r}")
+        self.backend = backend
+        self._model = None
+        self._state = None
+
+    def _load(self):
+        if self._model is None:
+            if self.backend == "onnx":
+                try:
+                    import onnxruntime  # noqa: F401
+                except ImportError as error:
+                    raise ImportError(
+                        "SileroDetector(backend='onnx') needs onnxruntime: "
+                        'pip install "agegender_sb[onnx]"'
+                    ) from error
+                self._model = _load_silero(sequence=True)
+            else:
+                self._model = _load_silero()
+        return self._model
+
+    def _reset(self) -> None:
+        model = self._load()
+        if self.backend == "onnx":
+            zeros = np.zeros((1, 1, 128), dtype=np.float32)
+            self._state = {
+                "h": zeros,
+                "c": zeros.copy(),
+                "context": np.zeros(64, np.float32),
+                "pending": np.zeros((0, FRAME_SAMPLES), np.float32),
+            }
+        else:
+            model.reset_states()
+
+    def _score(self, frames: torch.Tensor) -> np.ndarray:
+        if self.backend == "onnx":
+            # Whole groups of _ONNX_GROUP frames only, counted from the signal's start, so
+            # every call sees the same frames whatever the block sizes.
+            pending = np.concatenate([self._state["pending"], frames.numpy()])
+            whole = len(pending) // _ONNX_GROUP * _ONNX_GROUP
+            self._state["pending"] = pending[whole:]
+            return self._run_onnx(pending[:whole])
+        model = self._model
+        return np.array(
+            [model(frame[None], SAMPLE_RATE).item() for frame in frames], dtype=np.float32
+        )
+
+    def _flush(self) -> np.ndarray:
+        if self.backend == "onnx":
+            pending, self._state["pending"] = self._state["pending"], None
+            return self._run_onnx(pending)
+        return super()._flush()
+
+    def _run_onnx(self, frames: np.ndarray) -> np.ndarray:
+        out = [np.zeros(0, dtype=np.float32)]
+        state = self._state
+        for first in range(0, len(frames), _ONNX_GROUP):
+            group = frames[first : first + _ONNX_GROUP]
+            # Each frame goes in with the last 64 samples before it, as the streaming model.
+            context = np.concatenate([state["context"][None], group[:-1, -64:]])
+            probs, state["h"], state["c"] = self._model.session.run(
+                ["speech_probs", "hn", "cn"],
+                {
+                    "input": np.concatenate([context, group], axis=1),
+                    "h": state["h"],
+                    "c": state["c"],
+                },
+            )
+            state["context"] = group[-1, -64:].copy()
+            out.append(np.asarray(probs, dtype=np.float32).reshape(-1))
+        return np.concatenate(out)
+
+
+_ONNX_GROUP = 512  # frames per ONNX Runtime call (16.4 s); silero's default max_frames
+
+
+class EnergyDetector(SpeechDetector):
+    """Model-free fallback: frame level in dBFS against an absolute threshold.
+
+    Each 512-sample (32 ms) frame's level is ``20 * log10(std)`` of its samples in dBFS
+    (0 dB = a full-scale square wave, a full-scale sine is -3 dB). The standard deviation,
+    not the RMS, so a DC offset is not energy. A frame at or above ``threshold_db`` is speech;
+    inside a span a frame below ``threshold_db - hysteresis_db`` is silence; then the same
+    post-processing as :class:`SileroDetector` (minimum speech and silence, padding).
+
+    It cannot tell speech from other sound: music, traffic or loud noise are "speech" to it,
+    and speech recorded quieter than the threshold is not. Use it where Silero is not
+    available or not wanted, and lower ``threshold_db`` for quiet recordings.
+
+    Parameters
+    ----------
+    threshold_db : float
+        Level (dBFS) at or above which a frame is speech. Default -50: read speech in
+        speechocean762 has utterance levels of -41 to -19 dBFS and every Silero speech span
+        has a frame at -33 dBFS or louder, while its background sits near -59 dBFS; faint
+        hiss at -60 dBFS stays 10 dB below.
+    hysteresis_db : float
+        Inside a span, frames must fall below ``threshold_db - hysteresis_db`` (default
+        -56 dBFS) to count as silence, so quiet syllables do not split a span.
+    min_speech_s, min_silence_s, speech_pad_s : float
+        As for :class:`SileroDetector` (0.25, 0.1 and 0.03 s).
+    """
+
+    def __init__(
+        self,
+        threshold_db: float = -50.0,
+        hysteresis_db: float = 6.0,
+        min_speech_s: float = 0.25,
+        min_silence_s: float = 0.1,
+        speech_pad_s: float = 0.03,
+    ):
+        threshold_db, hysteresis_db = float(threshold_db), float(hysteresis_db)
+        if not math.isfinite(threshold_db):
+            raise ValueError(f"threshold_db must be finite, got {threshold_db!r}")
+        if not (math.isfinite(hysteresis_db) and hysteresis_db >= 0):
+            raise ValueError(f"hysteresis_db must be finite and >= 0, got {hysteresis_db!r}")
+        # Levels map to scores in [0, 1]: threshold_db -> 0.5, threshold_db - hysteresis_db
+        # -> 0.35 (silero's gap between its two thresholds), linear between and clipped.
+        super().__init__(
+            0.5, 0.35 if hysteresis_db else 0.5, min_speech_s, min_silence_s, speech_pad_s
+        )
+        self.threshold_db = threshold_db
+        self.hysteresis_db = hysteresis_db
+
+    @staticmethod
+    def levels_db(frames: torch.Tensor) -> np.ndarray:
+        """Level in dBFS (``20 log10 std``; -inf when constant) of frames ``[n, t]`` -> ``[n]``.
+
+        >>> EnergyDetector.levels_db(torch.tensor([[1.0, -1.0], [0.3, 0.3]])).tolist()
+        [0.0, -inf]
+        """
+        std = frames.to(torch.float64).std(dim=1, correction=0).numpy()
+        with np.errstate(divide="ignore"):
+            return 20.0 * np.log10(std)
+
+    def _scores(self, levels: np.ndarray) -> np.ndarray:
+        if self.hysteresis_db:
+            scores = 0.5 + 0.15 * (levels - self.threshold_db) / self.hysteresis_db
+            return np.clip(np.nan_to_num(scores, neginf=0.0), 0.0, 1.0).astype(np.float32)
+        return (levels >= self.threshold_db).astype(np.float32)
+
+    def _reset(self) -> None:
+        pass
+
+    def _score(self, frames: torch.Tensor) -> np.ndarray:
+        return self._scores(self.levels_db(frames))
+
+    def _score_tail(self, tail: torch.Tensor) -> np.ndarray:
+        # The level of the samples there are, not diluted by zero padding.
+        return self._scores(self.levels_db(tail[None]))
+
+
+def make_detector(name: str | None = DEFAULT_DETECTOR, **options) -> SpeechDetector | None:
+    """A speech detector by name.
+
+    Parameters
+    ----------
+    name : {"silero", "energy", "none"} or None
+        ``"silero"`` (:data:`DEFAULT_DETECTOR`) -> :class:`SileroDetector`, ``"energy"`` ->
+        :class:`EnergyDetector`, ``None`` or ``"none"`` -> ``None`` (no detection: the whole
+        signal is analysed). Case-insensitive.
+    **options
+        Keyword arguments of the detector's class (none allowed for ``"none"``).
+
+    Raises
+    ------
+    ValueError
+        An unknown name (the message lists the choices), or options for ``"none"``.
+
+    >>> make_detector("energy", threshold_db=-40).threshold_db
+    -40.0
+    >>> make_detector(None) is None
+    True
+    >>> make_detector("webrtc")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown speech detector 'webrtc'; choose one of: 'silero', 'energy', 'none'
+    """
+    key = "none" if name is None else str(name).lower()
+    if key == "silero":
+        return SileroDetector(**options)
+    if key == "energy":
+        return EnergyDetector(**options)
+    if key == "none":
+        if options:
+            raise ValueError(f"speech detector 'none' takes no options, got {sorted(options)}")
+        return None
+    choices = ", ".join(repr(c) for c in DETECTORS)
+    raise ValueError(f"unknown speech detector {name!r}; choose one of: {choices}")
+
+
+# --------------------------------------------------------------------------------------------
+# Speaker turns
+# --------------------------------------------------------------------------------------------
+
+
+class TurnError(ValueError):
+    """Bad speaker turns: the message names the file (and line) or source and the problem."""
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One speaker turn: ``start`` and ``end`` in seconds from the file's start.
+
+    ``speaker`` is the diarisation's label (``None`` when unknown). Turns of different
+    speakers may overlap (people talk at once); each turn is analysed on its own span, so
+    overlapped speech counts for both.
+
+    >>> Turn(1.5, 3.0, "spk0").duration
+    1.5
+    """
+
+    start: float
+    end: float
+    speaker: str | None = None
+
+    @property
+    def duration(self) -> float:
+        """``end - start`` in seconds."""
+        return self.end - self.start
+
+
+def _turn_key(turn: Turn):
+    return (turn.start, turn.end, "" if turn.speaker is None else turn.speaker)
+
+
+# NIST RTTM record types other than SPEAKER: skipped by read_rttm.
+_RTTM_OTHER_TYPES = frozenset(
+    "SEGMENT NOSCORE NO_RT_METADATA LEXEME NON-LEX NON-SPEECH FILLER EDIT IP SU CB A/P "
+    "SPKR-INFO".split()
+)
+
+
+def _read_rttm_file(path: Path, into: dict[str, list[Turn]], origin: dict[str, Path]) -> None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise TurnError(f"{path}: not a text RTTM file ({error})") from None
+    seen: set[str] = set()
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields or fields[0].startswith((";;", "#")):
+            continue
+        where = f"{path}, line {number}"
+        kind = fields[0].upper()
+        if kind in _RTTM_OTHER_TYPES:
+            continue
+        if kind != "SPEAKER":
+            raise TurnError(f"{where}: unknown RTTM record type {fields[0]!r}")
+        if len(fields) != 10:
+            raise TurnError(
+                f"{where}: a SPEAKER record has 10 fields (SPEAKER file-id channel start "
+                f"duration <NA> <NA> speaker <NA> <NA>), found {len(fields)}"
+            )
+        file_id, start_text, duration_text, speaker = fields[1], fields[3], fields[4], fields[7]
+        try:
+            start, duration = float(start_text), float(duration_text)
+        except ValueError:
+            raise TurnError(
+                f"{where}: start {start_text!r} and duration {duration_text!r} must be numbers"
+            ) from None
+        if not (math.isfinite(start) and start >= 0):
+            raise TurnError(f"{where}: start must be a finite number >= 0, got {start_text}")
+        if not (math.isfinite(duration) and duration > 0):
+            raise TurnError(f"{where}: duration must be a finite number > 0, got {duration_text}")
+        if file_id not in seen and file_id in origin:
+            raise TurnError(f"{path}: file id {file_id!r} is also in {origin[file_id]}")
+        seen.add(file_id)
+        origin[file_id] = path
+        label = None if speaker == "<NA>" else speaker
+        into.setdefault(file_id, []).append(Turn(start, start + duration, label))
+
+
+def read_rttm(path) -> dict[str, list[Turn]]:
+    """Speaker turns from a NIST RTTM file, or from every ``*.rttm`` file in a folder.
+
+    Reads ``SPEAKER <file-id> <channel> <start> <duration> <NA> <NA> <speaker> <NA> <NA>``
+    records (seconds; what pyannote.audio writes). Blank lines, ``;;`` and ``#`` comments and
+    other NIST record types (``SPKR-INFO``, ``SEGMENT``, ...) are skipped; a speaker of
+    ``<NA>`` becomes ``None``. Channels are not told apart.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        An RTTM file, or a folder whose ``*.rttm`` files (not in subfolders) are merged.
+
+    Returns
+    -------
+    dict of str to list of Turn
+        Turns per file id, sorted by start (then end, speaker), file ids in the order read.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    TurnError
+        Naming the file and line: an unknown record type, a SPEAKER record without 10
+        fields, a start or duration that is not a number, a start < 0 or not finite, a
+        duration <= 0 or not finite; a file id found in two files of a folder; a folder with
+        no ``*.rttm`` file.
+
+    >>> import pathlib, tempfile
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / "a.rttm").write_text(
+    ...     "SPEAKER meeting 1 3.50 1.25 <NA> <NA> spk_1 <NA> <NA>\\n"
+    ...     "SPEAKER meeting 1 0.00 2.00 <NA> <NA> spk_0 <NA> <NA>\\n")
+    >>> turns = read_rttm(folder / "a.rttm")
+    >>> list(turns)
+    ['meeting']
+    >>> for turn in turns["meeting"]:
+    ...     print(turn)
+    Turn(start=0.0, end=2.0, speaker='spk_0')
+    Turn(start=3.5, end=4.75, speaker='spk_1')
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such RTTM file or folder")
+    if path.is_dir():
+        files = sorted(p for p in path.glob("*.rttm") if p.is_file())
+        if not files:
+            raise TurnError(f"{path}: folder has no *.rttm file")
+    else:
+        files = [path]
+    turns: dict[str, list[Turn]] = {}
+    origin: dict[str, Path] = {}
+    for file in files:
+        _read_rttm_file(file, turns, origin)
+    return {file_id: sorted(items, key=_turn_key) for file_id, items in turns.items()}
+
+
+def turns_from_annotation(annotation) -> list[Turn]:
+    """Speaker turns of a ``pyannote.core.Annotation`` (a diarisation), sorted by start.
+
+    Each track becomes ``Turn(segment.start, segment.end, str(label))``.
+
+    Raises
+    ------
+    ImportError
+        pyannote.core is not installed (``pip install "agegender_sb[pyannote]"``).
+    TypeError
+        ``annotation`` is not an ``Annotation``.
+    """
+    try:
+        from pyannote.core import Annotation
+    except ImportError as error:
+        raise ImportError(
+            'turns_from_annotation needs pyannote.core: pip install "agegender_sb[pyannote]"'
+        ) from error
+    if not isinstance(annotation, Annotation):
+        raise TypeError(f"expected a pyannote.core.Annotation, got {type(annotation).__name__}")
+    turns = [
+        Turn(float(segment.start), float(segment.end), str(label))
+        for segment, _, label in annotation.itertracks(yield_label=True)
+    ]
+    return sorted(turns, key=_turn_key)
+
+
+def turns_from_tuples(items: Iterable[Sequence]) -> list[Turn]:
+    """Speaker turns from ``(start, end)`` or ``(start, end, speaker)`` tuples, in seconds.
+
+    Values are converted (``float(start)``, ``float(end)``, ``str(speaker)`` unless ``None``)
+    and kept in the given order; :func:`check_turns` checks and sorts them.
+
+    Raises
+    ------
+    TurnError
+        An item that is not 2 or 3 long, or whose start or end is not a number.
+
+    >>> turns_from_tuples([(0, 1.5), (2, 3, "b")])
+    [Turn(start=0.0, end=1.5, speaker=None), Turn(start=2.0, end=3.0, speaker='b')]
+    """
+    turns = []
+    for index, item in enumerate(items):
+        try:
+            values = tuple(item)
+        except TypeError:
+            raise TurnError(
+                f"turn {index}: expected (start, end[, speaker]), got {item!r}"
+            ) from None
+        if len(values) not in (2, 3):
+            raise TurnError(f"turn {index}: expected (start, end[, speaker]), got {item!r}")
+        try:
+            start, end = float(values[0]), float(values[1])
+        except (TypeError, ValueError):
+            raise TurnError(f"turn {index}: start and end must be numbers, got {item!r}") from None
+        speaker = values[2] if len(values) == 3 else None
+        turns.append(Turn(start, end, None if speaker is None else str(speaker)))
+    return turns
+
+
+def check_turns(turns: Iterable[Turn], duration: float, name: str) -> list[Turn]:
+    """Check speaker turns against a file of ``duration`` seconds; return them sorted.
+
+    Overlapping turns (two speakers at once) are kept as they are: each turn is analysed on
+    its own span, so overlapped speech is in both. A turn ending up to
+    :data:`TURN_TOLERANCE_S` (10 ms) past the file's end is clipped to it.
+
+    Parameters
+    ----------
+    turns : iterable of Turn
+        Turns in seconds.
+    duration : float
+        The file's duration in seconds.
+    name : str
+        What the turns belong to (a file path), for the error messages.
+
+    Returns
+    -------
+    list of Turn
+        Sorted by start (then end, speaker).
+
+    Raises
+    ------
+    TurnError
+        Naming ``name`` and the turn: a non-finite start or end, start < 0, end <= start, an
+        end more than 10 ms past ``duration`` (or a start at or past it), or a turn given
+        twice (same start, end and speaker).
+
+    >>> check_turns([Turn(2.0, 4.005, "b"), Turn(0.0, 2.5, "a")], 4.0, "talk.wav")
+    [Turn(start=0.0, end=2.5, speaker='a'), Turn(start=2.0, end=4.0, speaker='b')]
+    >>> check_turns([Turn(3.0, 4.5)], 4.0, "talk.wav")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    agegender_sb.speech.TurnError: talk.wav: turn Turn(...) ends at 4.5 s, past the end of...
+    """
+    duration = float(duration)
+    if not (math.isfinite(duration) and duration >= 0):
+        raise TurnError(f"{name}: duration must be a finite number of seconds >= 0, got {duration}")
+    checked = []
+    for turn in turns:
+        if not isinstance(turn, Turn):
+            raise TypeError(f"{name}: expected Turn objects, got {type(turn).__name__}")
+        if not (math.isfinite(turn.start) and math.isfinite(turn.end)):
+            raise TurnError(f"{name}: turn {turn} has a start or end that is not finite")
+        if turn.start < 0:
+            raise TurnError(f"{name}: turn {turn} starts before the file (start < 0)")
+        if turn.end <= turn.start:
+            raise TurnError(f"{name}: turn {turn} has zero or negative length")
+        if turn.start >= duration:
+            raise TurnError(
+                f"{name}: turn {turn} starts at {turn.start:g} s, at or past the end of the "
+                f"file ({duration:g} s)"
+            )
+        if turn.end > duration + TURN_TOLERANCE_S:
+            raise TurnError(
+                f"{name}: turn {turn} ends at {turn.end:g} s, past the end of the file "
+                f"({duration:g} s; {TURN_TOLERANCE_S:g} s tolerance)"
+            )
+        if turn.end > duration:
+            turn = Turn(turn.start, duration, turn.speaker)
+        checked.append(turn)
+    checked.sort(key=_turn_key)
+    for previous, turn in zip(checked, checked[1:]):
+        if _turn_key(previous) == _turn_key(turn):
+            raise TurnError(f"{name}: turn {turn} is given twice")
+    return checked
