@@ -156,7 +156,8 @@ class SpeechDetector(abc.ABC):
     block), and turns the scores into spans with silero's post-processing (see
     :func:`_spans_from_scores`). Each frame is scored from the same samples whatever the block
     boundaries, so the spans do not depend on them. Memory: one block plus 4 bytes of score
-    per frame (450 kB per audio hour).
+    per frame (450 kB per audio hour; about 4 MB per hour for a moment at the end, when the
+    scores go to silero's post-processing as a Python list).
 
     Parameters
     ----------
