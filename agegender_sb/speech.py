@@ -41,8 +41,10 @@ True
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
 import threading
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,7 +156,8 @@ class SpeechDetector(abc.ABC):
     block), and turns the scores into spans with silero's post-processing (see
     :func:`_spans_from_scores`). Each frame is scored from the same samples whatever the block
     boundaries, so the spans do not depend on them. Memory: one block plus 4 bytes of score
-    per frame (450 kB per audio hour).
+    per frame (450 kB per audio hour; about 4 MB per hour for a moment at the end, when the
+    scores go to silero's post-processing as a Python list).
 
     Parameters
     ----------
@@ -191,6 +194,10 @@ class SpeechDetector(abc.ABC):
     @abc.abstractmethod
     def _reset(self) -> None:
         """Forget any state from a previous signal."""
+
+    def _running(self) -> contextlib.AbstractContextManager:
+        """Context in which :meth:`detect` scores frames (none by default)."""
+        return contextlib.nullcontext()
 
     @abc.abstractmethod
     def _score(self, frames: torch.Tensor) -> np.ndarray:
@@ -232,7 +239,7 @@ class SpeechDetector(abc.ABC):
         TypeError, ValueError
             A block that is not a 1-D floating-point tensor, or has NaN/Inf samples.
         """
-        with self._lock, torch.no_grad():
+        with self._lock, self._running(), torch.no_grad():
             self._reset()
             scores: list[np.ndarray] = []
             rest = torch.zeros(0)
@@ -297,7 +304,14 @@ def _load_silero(**kwargs):
     finally:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-    return silero_vad.load_silero_vad(**kwargs)
+    with warnings.catch_warnings():
+        # Noise from silero's loader, not the caller's business: its fallback to
+        # importlib.resources.path and torch.jit.load's deprecation notice.
+        warnings.filterwarnings(
+            "ignore", message=r"path is deprecated", category=DeprecationWarning
+        )
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated")
+        return silero_vad.load_silero_vad(**kwargs)
 
 
 class SileroDetector(SpeechDetector):
@@ -323,12 +337,20 @@ class SileroDetector(SpeechDetector):
         Seconds: spans not longer than ``min_speech_s`` (0.25) are dropped; a span ends after
         ``min_silence_s`` (0.1) of silence; spans are padded by ``speech_pad_s`` (0.03).
     backend : {"jit", "onnx"}
-        ``"jit"`` (default): silero's TorchScript model, one chunk per call, run with the
-        process's torch thread settings (the model is small; they are not changed).
-        ``"onnx"``: silero's sequence ONNX export (same weights, up to 512 chunks per call,
-        about 3-4x faster), in its own one-thread ONNX Runtime session; needs
+        ``"jit"`` (default): silero's TorchScript model, one chunk per call (see
+        ``num_threads``). ``"onnx"``: silero's sequence ONNX export (same weights, up to 512
+        chunks per call, about 3-4x faster), in its own one-thread ONNX Runtime session; needs
         ``onnxruntime`` (``pip install "agegender_sb[onnx]"``). Probabilities agree with
         the TorchScript model to float rounding, not bit for bit.
+    num_threads : int or None
+        Torch intra-op threads while the TorchScript model runs: ``detect`` sets
+        ``torch.set_num_threads(num_threads)`` on entry and puts the caller's value back on
+        exit (also on error), so nothing changes for the rest of the process; default 1.
+        The model's per-chunk operations are too small to gain from threads, and on a busy
+        machine several threads cost much more: a 10 s signal took 0.07-0.14 s with 1 thread
+        and 0.6-6 s with 2 on a loaded 2-core machine. While ``detect`` runs, torch work in
+        other threads of the process sees this setting too. ``None`` leaves the setting
+        alone. Not used by the ``"onnx"`` backend (its session has one thread of its own).
     """
 
     def __init__(
@@ -339,13 +361,17 @@ class SileroDetector(SpeechDetector):
         min_silence_s: float = 0.1,
         speech_pad_s: float = 0.03,
         backend: str = "jit",
+        num_threads: int | None = 1,
     ):
         if neg_threshold is None:
             neg_threshold = max(threshold - 0.15, 0.01)
         super().__init__(threshold, neg_threshold, min_speech_s, min_silence_s, speech_pad_s)
         if backend not in ("jit", "onnx"):
             raise ValueError(f"backend must be 'jit' or 'onnx', got {backend!r}")
+        if num_threads is not None and not (isinstance(num_threads, int) and num_threads > 0):
+            raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
         self.backend = backend
+        self.num_threads = num_threads
         self._model = None
         self._state = None
 
@@ -363,6 +389,18 @@ class SileroDetector(SpeechDetector):
             else:
                 self._model = _load_silero()
         return self._model
+
+    @contextlib.contextmanager
+    def _running(self):
+        if self.backend != "jit" or self.num_threads is None:
+            yield
+            return
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.num_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
 
     def _reset(self) -> None:
         model = self._load()
