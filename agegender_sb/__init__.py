@@ -24,6 +24,8 @@ _WHERE = {
     "UnsafeModelError": "sources",
     "convert": "sources",
     "load_audio": "audio",
+    "NoSpeechError": "audio",
+    "Turn": "speech",
 }
 
 __all__ = [*_WHERE, "convert_audeering_checkpoint"]

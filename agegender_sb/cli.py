@@ -26,7 +26,14 @@ import os
 import sys
 from pathlib import Path
 
-from .defaults import DEFAULT_SOURCE, DEFAULT_VAD, DEFAULT_WINDOW, MAX_WHOLE_SECONDS, VAD_CHOICES
+from .defaults import (
+    DEFAULT_CONTEXT,
+    DEFAULT_SOURCE,
+    DEFAULT_VAD,
+    DEFAULT_WINDOW,
+    MAX_WHOLE_SECONDS,
+    VAD_CHOICES,
+)
 
 __all__ = ["main", "build_parser"]
 
@@ -94,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds added on both sides of each speech region (default 0.03)")
     p.add_argument("--trim", action="store_true",
                    help="also cut spans analysed whole to their detected speech")
+    p.add_argument("--speech-context", type=_seconds(0, False), default=DEFAULT_CONTEXT,
+                   help="seconds of audio kept around detected speech where it is cut out "
+                        "(default: %(default)s)")
     p.add_argument("--rttm", metavar="FILE",
                    help="speaker turns: an RTTM file (or a folder of them); file ids match "
                         "the audio files' stems")
@@ -294,7 +304,7 @@ def cmd_predict(args) -> int:
 
         analyzer = Analyzer(None, window=args.window, hop=args.hop, max_whole=args.max_whole,
                             batch_size=args.batch_size, detector=_detector(args),
-                            trim=args.trim)
+                            trim=args.trim, context=args.speech_context)
         fmt = guess_format(args.output, args.format)
         items = collect_items(args.inputs, read_rttm(args.rttm) if args.rttm else None)
         spk_map = read_speakers(args.speakers) if args.speakers else None
@@ -354,7 +364,7 @@ def _provenance(args, clf, analyzer, fmt) -> dict:
 
 
 def _predict(args, dist, device, fmt, items, spk_map, analyzer) -> int:
-    from .rows import error_row, file_rows, is_failure, speaker_row
+    from .rows import is_failure, iter_file_rows, speaker_rows
     from .tables import (
         TableError,
         TableWriter,
@@ -420,14 +430,11 @@ def _predict(args, dist, device, fmt, items, spk_map, analyzer) -> int:
     failed = False
     try:
         with _progress(mine, not args.quiet and dist.is_main) as progress:
-            for path, res in analyzer.analyse_many(mine):
-                if isinstance(res, Exception):
-                    rows = [error_row(path, res)]
-                else:
-                    rows = file_rows(path, res, args.segments)
-                    results[path] = rows[-1]
+            for path, res, rows in iter_file_rows(analyzer, mine, args.segments):
                 for row in rows:
                     writer.write(row)
+                if not isinstance(res, Exception):
+                    results[path] = rows[-1]
                 failed = failed or is_failure(rows[-1])
                 progress.update(res)
         if dist.active:
@@ -450,11 +457,7 @@ def _predict(args, dist, device, fmt, items, spk_map, analyzer) -> int:
                 return 1 if failed else 0
         # ---- speakers
         if spk_map is not None:
-            for spk, spk_paths in spk_map.speakers_of(paths).items():
-                if spk in done_speakers:
-                    continue
-                row = speaker_row(spk, [results.get(p, {"error": "not analysed"})
-                                        for p in spk_paths], labels)
+            for row in speaker_rows(spk_map, paths, results, labels, done_speakers):
                 writer.write(row)
                 failed = failed or is_failure(row)
             unmatched = [p for p in paths if spk_map.speaker(p) is None]

@@ -7,7 +7,7 @@ Example
 """
 
 __all__ = ["DEFAULT_SOURCE", "MAX_WHOLE_SECONDS", "DEFAULT_WINDOW", "MIN_TAIL", "DEFAULT_VAD",
-           "VAD_CHOICES"]
+           "VAD_CHOICES", "DEFAULT_CONTEXT"]
 
 #: The published 24-layer model (the 6-layer sibling: ``...-6-ft-age-gender``).
 DEFAULT_SOURCE = "audeering/wav2vec2-large-robust-24-ft-age-gender"
@@ -17,6 +17,8 @@ MAX_WHOLE_SECONDS = 30.0
 DEFAULT_WINDOW = 4.0
 #: A final window shorter than this (seconds) is merged into the previous window.
 MIN_TAIL = 3.0
+#: Seconds of audio kept around detected speech where speech is cut out of a recording.
+DEFAULT_CONTEXT = 0.5
 #: The speech detector used unless told otherwise (``none`` analyses every sample).
 DEFAULT_VAD = "silero"
 VAD_CHOICES = ("silero", "energy", "none")

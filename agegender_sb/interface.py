@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from speechbrain.inference.classifiers import EncoderClassifier
 
-from .audio import AudioError, load_audio, validate_batch
+from .audio import NoSpeechError, load_audio, validate_batch
 from .checkpoint import CheckpointError, fingerprint
-from .defaults import DEFAULT_SOURCE
+from .defaults import DEFAULT_SOURCE, DEFAULT_VAD
 from .model_config import setting_fields
 from .results import AgeGenderPrediction
 
@@ -216,30 +216,162 @@ class AgeGenderClassifier(EncoderClassifier):
             raise ValueError("normalize=True: this model has no embedding normaliser")
         return self.predict_batch(wavs, wav_lens).embedding.unsqueeze(1)
 
-    def analyzer(self, **settings):
-        """An :class:`~agegender_sb.analysis.Analyzer` for this model (``window``, ``hop``,
-        ``max_whole``, ``batch_size``, ``vad``, ``trim``, ...; see there)."""
+    def analyzer(self, vad=DEFAULT_VAD, vad_options: dict | None = None, **settings):
+        """An :class:`~agegender_sb.analysis.Analyzer` for this model.
+
+        Parameters
+        ----------
+        vad : str, detector or None
+            Speech detector: ``"silero"`` (default), ``"energy"``, None (analyse every
+            sample, as the reference does), or a detector object (see
+            :mod:`agegender_sb.speech`).
+        vad_options : dict, optional
+            Detector options (``threshold``, ``min_speech_s``, ``min_silence_s``,
+            ``speech_pad_s``, ...).
+        **settings
+            ``window``, ``hop``, ``max_whole``, ``min_tail``, ``batch_size``, ``trim``.
+        """
         from .analysis import Analyzer
 
-        return Analyzer(self, **settings)
+        return Analyzer(self, detector=self._detector(vad, vad_options), **settings)
+
+    def _detector(self, vad, options):
+        if vad is None or not isinstance(vad, str):
+            if options:
+                raise ValueError("vad_options need a detector name")
+            return vad
+        key = (vad.lower(), tuple(sorted((options or {}).items())))
+        cache = self.__dict__.setdefault("_detectors", {})
+        if key not in cache:  # one detector (and one silero model) per setting
+            from .speech import make_detector
+
+            cache[key] = make_detector(vad, **(options or {}))
+        return cache[key]
+
+    def analyse(self, path, **settings):
+        """The full analysis of one file: :class:`~agegender_sb.analysis.FileResult` (its
+        spans, windows, detected speech and pooled prediction; no prediction without
+        speech). Settings as :meth:`analyzer`."""
+        return self.analyzer(**settings).analyse(path)
 
     def predict_file(self, path, **settings) -> AgeGenderPrediction:
         """Age and gender for one audio file (any format soundfile reads, any rate, any channels).
 
-        Files up to ``max_whole`` seconds (default 30) are analysed in one pass, as the
-        reference does. Longer files are read in blocks and analysed in windows of ``window``
-        seconds every ``hop`` seconds (defaults 4 and 4), pooled by duration. For the
-        windows, detected speech and the settings, use :meth:`analyzer` (``analyse(path)``).
+        Files up to ``max_whole`` seconds (default 30) are analysed in one pass, exactly as
+        the reference does; the speech detector (``vad``, default Silero) only decides
+        whether there is speech (``trim=True`` also cuts the file to it). Longer files are
+        read in blocks and analysed in windows of ``window`` seconds every ``hop`` seconds
+        (defaults 4 and 4) over detected speech, pooled by duration. ``vad=None`` analyses
+        every sample. For windows and detected speech spans, use :meth:`analyse`.
 
         Raises
         ------
         FileNotFoundError, AudioError
-            Naming the file and the problem.
+            Naming the file and the problem; :class:`~agegender_sb.audio.NoSpeechError` when
+            the detector finds no speech (no age and no gender for it).
         """
-        result = self.analyzer(**settings).analyse(path)
+        result = self.analyse(path, **settings)
         if result.prediction is None:
-            raise AudioError(f"{path}: {result.error}")
+            raise NoSpeechError(f"{path}: {result.error}")
         return result.prediction
+
+    def predict_segments(self, path, segments, **settings):
+        """Analyse speaker turns of one file; return its
+        :class:`~agegender_sb.analysis.FileResult`.
+
+        Each turn is analysed as the reference analyses that span cut out of the file (whole
+        up to ``max_whole``, else windows over speech); ``result.spans`` has one result per
+        turn, ``result.speakers()`` each speaker's turns pooled by seconds of speech.
+
+        Parameters
+        ----------
+        segments : sequence or pyannote.core.Annotation
+            ``(start, end[, speaker])`` tuples in seconds, :class:`~agegender_sb.speech.Turn`
+            objects, or a ``pyannote.core.Annotation`` (a diarization).
+        **settings
+            As :meth:`analyzer`.
+
+        Raises
+        ------
+        TurnError
+            For turns past the end of the file, of zero length, or given twice.
+        """
+        from .speech import Turn, turns_from_annotation, turns_from_tuples
+
+        if hasattr(segments, "itertracks"):
+            turns = turns_from_annotation(segments)
+        else:
+            segments = list(segments)
+            turns = (segments if all(isinstance(t, Turn) for t in segments)
+                     else turns_from_tuples(segments))
+        return self.analyzer(**settings).analyse(path, turns)
+
+    def predict_table(self, inputs, segments: bool = False, speakers=None, rttm=None,
+                      precise: bool = False, progress: bool = False, **settings):
+        """What ``agegender predict`` writes, as a pandas DataFrame (``pip install
+        "agegender_sb[table]"``): the same rows, columns and numbers.
+
+        Parameters
+        ----------
+        inputs : str, PathLike or sequence of them
+            Audio files, folders, list files (``.csv`` segment lists included).
+        segments : bool
+            Also one row per window or turn (``--segments``).
+        speakers : str or PathLike, optional
+            Kaldi ``utt2spk`` or CSV ``path,speaker``: add one row per speaker.
+        rttm : str or PathLike, optional
+            Speaker turns (an RTTM file or a folder of them).
+        precise : bool
+            Numbers unrounded (default: rounded as the command writes them).
+        progress : bool
+            A progress bar on stderr.
+        **settings
+            As :meth:`analyzer` (``vad``, ``window``, ``max_whole``, ...).
+
+        Returns
+        -------
+        pandas.DataFrame
+            The table's columns, indexed by ``file``, ``start``, ``end`` (audformat's
+            segmented index: ``pd.Timedelta``; a row covering a whole file has start 0 and
+            end ``NaT``, as audformat writes filewise rows).
+        """
+        try:
+            import pandas as pd
+        except ImportError as err:
+            raise ImportError('predict_table needs pandas: pip install "agegender_sb[table]"'
+                              ) from err
+        from .inputs import collect_items, read_speakers
+        from .rows import iter_file_rows, speaker_rows
+        from .speech import read_rttm
+        from .tables import columns, format_record
+
+        if isinstance(inputs, (str, os.PathLike)):
+            inputs = [inputs]
+        items = collect_items(inputs, read_rttm(rttm) if rttm else None)
+        spk_map = read_speakers(speakers) if speakers else None
+        analyzer = self.analyzer(**settings)
+        rows, results = [], {}
+        from tqdm import tqdm
+
+        for path, res, file_rows in tqdm(iter_file_rows(analyzer, items, segments),
+                                         total=len(items), disable=not progress, unit="file"):
+            rows += file_rows
+            if not isinstance(res, Exception):
+                results[path] = file_rows[-1]
+        if spk_map is not None:
+            rows += speaker_rows(spk_map, [p for p, _ in items], results, self.labels)
+        cols = columns(self.labels)
+        if not precise:
+            rows = [format_record(r, self.labels) for r in rows]
+        frame = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
+        index = pd.MultiIndex.from_arrays([
+            frame["path"].tolist(),
+            pd.to_timedelta([0.0 if s is None or s != s else s for s in frame["start"]],
+                            unit="s"),
+            pd.to_timedelta([e if e is not None else float("nan") for e in frame["end"]],
+                            unit="s"),
+        ], names=["file", "start", "end"])
+        return frame.set_index(index)
 
     def classify_batch(self, wavs, wav_lens=None):
         """Gender classification with SpeechBrain's return convention.

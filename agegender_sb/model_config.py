@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 
 import yaml
+from ruamel.yaml import YAML
 
 from .checkpoint import CheckpointError
 
@@ -40,6 +41,7 @@ __all__ = [
 ARCH_KEY = "wav2vec2"
 REQUIRED_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 _STANDARD_TAG = "tag:yaml.org,2002:"
+_SAFE = YAML(typ="safe", pure=True)
 
 
 def packaged_hparams_path(name: str = "inference.yaml") -> Path:
@@ -89,8 +91,8 @@ def plain_values(text: str, name: str = "hyperparams.yaml") -> dict:
     out = {}
     for key, value in root.value:
         if _is_plain(key) and _is_plain(value):
-            out[yaml.SafeLoader(io.StringIO("")).construct_object(key, deep=True)] = \
-                yaml.safe_load(yaml.serialize(value))
+            # YAML 1.2 (ruamel, as hyperpyyaml reads it): "1e-05" is a float there
+            out[_SAFE.load(yaml.serialize(key))] = _SAFE.load(yaml.serialize(value))
     return out
 
 
@@ -266,7 +268,6 @@ def render_model_yaml(values: dict) -> str:
     >>> plain_values(text)["wav2vec2"]["num_hidden_layers"], "!new:" in text
     (6, True)
     """
-    from ruamel.yaml import YAML
     from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
     def flow(value):

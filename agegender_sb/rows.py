@@ -17,7 +17,8 @@ import torch
 from .analysis import NO_SPEECH, FileResult, SpanResult
 from .results import AgeGenderPrediction
 
-__all__ = ["file_rows", "error_row", "speaker_row", "is_failure"]
+__all__ = ["file_rows", "error_row", "speaker_row", "speaker_rows", "is_failure",
+           "iter_file_rows"]
 
 # Probabilities are written with 4 decimals: below this a written 0 says nothing more.
 _PROB_FLOOR = 5e-5
@@ -45,10 +46,11 @@ def file_rows(path: str, result: FileResult, segments: bool = False) -> list[dic
                              "end": span.end, "duration": span.duration,
                              "speech": span.speech, **_values(span)})
             elif span.windowed and span.window_predictions is not None:
-                for (start, end), rec in zip(span.windows, span.window_predictions.to_records()):
+                for (start, end), speech, rec in zip(
+                        span.windows, span.window_speech, span.window_predictions.to_records()):
                     rows.append({"path": path, "start": start, "end": end,
-                                 "duration": end - start, "speech": end - start,
-                                 "error": None, **rec})
+                                 "duration": end - start, "speech": speech, "error": None,
+                                 **rec})
     if turns:
         for speaker, pooled in result.speakers().items():
             total = sum(s.duration for s in result.spans if s.speaker == speaker)
@@ -100,3 +102,21 @@ def speaker_row(speaker: str, rows: list[dict], labels) -> dict:
     pooled["age"] = float(sum(r["age"] * r["speech"] for r in ok) / sum(r["speech"] for r in ok))
     return {"speaker": speaker, "duration": float(sum(r.get("duration") or 0 for r in ok)),
             "speech": float(sum(r["speech"] for r in ok)), "error": None, **pooled}
+
+
+def iter_file_rows(analyzer, items, segments: bool = False):
+    """``(path, result or error, rows)`` for each input item, in order (see
+    :meth:`~agegender_sb.analysis.Analyzer.analyse_many`); the file's own row is last."""
+    for path, res in analyzer.analyse_many(items):
+        if isinstance(res, Exception):
+            yield path, res, [error_row(path, res)]
+        else:
+            yield path, res, file_rows(path, res, segments)
+
+
+def speaker_rows(spk_map, paths, results: dict, labels, skip=()) -> list[dict]:
+    """One row per speaker of ``spk_map`` among ``paths`` (not in ``skip``), pooled from the
+    file rows in ``results`` (``{path: file row}``)."""
+    return [speaker_row(spk, [results.get(p, {"error": "not analysed"}) for p in spk_paths],
+                        labels)
+            for spk, spk_paths in spk_map.speakers_of(paths).items() if spk not in skip]

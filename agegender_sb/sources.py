@@ -193,7 +193,8 @@ def _hub_address() -> tuple[str, int]:
 
 
 def _hub_host() -> str:
-    return "%s:%d" % _hub_address()
+    host, port = _hub_address()
+    return f"{host}:{port}"
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
