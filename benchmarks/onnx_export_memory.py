@@ -11,13 +11,17 @@ step's peak cannot leak into another's (Linux keeps a process's peak RSS across 
    ``getrusage(RUSAGE_SELF).ru_maxrss`` read right after the export returns (what the driver's
    ``RUSAGE_CHILDREN`` would report for that child alone). With ``--compare`` the step then
    runs the exported file with ONNX Runtime against the torch model on a few signals and
-   reports the largest absolute differences (after the peak is read, so it does not count).
+   reports the largest absolute differences (after the peak is read, so it does not count);
+4. ``run-torch`` / ``run-onnx`` (``--backends``): the torch model, or
+   :class:`agegender_sb.onnx_export.OnnxModel` alone (no torch model), on 4 s of audio:
+   peak RSS and the RSS held afterwards.
 
 Usage::
 
     python benchmarks/onnx_export_memory.py                          # both exporters, 24 layers
     python benchmarks/onnx_export_memory.py --exporters dynamo --compare
     python benchmarks/onnx_export_memory.py --layers 6 --workdir /tmp/onnx-mem-6
+    python benchmarks/onnx_export_memory.py --exporters dynamo --backends torch onnx
 """
 
 from __future__ import annotations
@@ -89,9 +93,36 @@ def export(args, exporter: str) -> dict:
     return result
 
 
+def run_backend(args, backend: str) -> dict:
+    """Open one backend, analyse 4 s of audio: peak RSS, and RSS held afterwards."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
+    wav = torch.from_numpy(np.random.default_rng(0).standard_normal(64000).astype(np.float32))
+    start = time.perf_counter()
+    if backend == "torch":
+        from agegender_sb import AgeGenderClassifier
+
+        model = AgeGenderClassifier.from_hparams(source=args.checkpoint).mods.model
+    else:
+        from agegender_sb.onnx_export import OnnxModel
+
+        model = OnnxModel(Path(args.workdir) / "model-dynamo.onnx", threads=args.threads)
+    load_s = time.perf_counter() - start
+    with torch.inference_mode():
+        model(wav[None])
+    with open("/proc/self/statm") as fin:
+        rss_now = int(fin.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return {"load_s": load_s, "peak_rss_mb": peak_rss_mb(), "rss_after_run_mb": rss_now}
+
+
 def worker(args) -> None:
     if args.worker == "build":
         return build(args)
+    if args.worker.startswith("run-"):
+        print(json.dumps(run_backend(args, args.worker.split("-", 1)[1])))
+        return
     result = load(args) if args.worker == "load" else export(args, args.worker.split("-", 1)[1])
     print(json.dumps(result))
 
@@ -121,16 +152,20 @@ def main(argv=None) -> None:
                         help="checkpoint and export folder (default: /tmp/agegender-onnx-mem-L)")
     parser.add_argument("--checkpoint", default=None,
                         help="an existing audEERING-layout folder (default: built in workdir)")
-    parser.add_argument("--exporters", nargs="+", choices=("dynamo", "torchscript"),
+    parser.add_argument("--exporters", nargs="*", choices=("dynamo", "torchscript"),
                         default=("dynamo", "torchscript"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compare", action="store_true",
                         help="check the exported file against the torch model")
     parser.add_argument("--keep", action="store_true", help="keep the exported files")
+    parser.add_argument("--backends", nargs="*", choices=("torch", "onnx"), default=(),
+                        help="also measure running each backend on 4 s of audio (onnx: with "
+                             "OnnxModel alone, on the dynamo export; implies --keep)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.workdir = args.workdir or f"/tmp/agegender-onnx-mem-{args.layers}"
     args.checkpoint = args.checkpoint or str(Path(args.workdir) / "checkpoint")
+    args.keep = args.keep or "onnx" in args.backends
     if args.worker:
         return worker(args)
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
@@ -138,6 +173,8 @@ def main(argv=None) -> None:
     results = {"load": run_step(args, "load")}
     for exporter in args.exporters:
         results[f"export-{exporter}"] = run_step(args, f"export-{exporter}")
+    for backend in args.backends:
+        results[f"run-{backend}"] = run_step(args, f"run-{backend}")
     print(json.dumps(results, indent=2))
 
 

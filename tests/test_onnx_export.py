@@ -313,6 +313,26 @@ def test_onnx_model_is_a_drop_in_for_the_torch_model(clf, onnx_path):
                                atol=TOL_LOGITS, rtol=0)
 
 
+def test_prepacking_is_opt_in_and_changes_nothing(onnx_path, session):
+    def entry(sess):
+        return sess.session_options.get_session_config_entry("session.disable_prepacking")
+
+    packed = OnnxAgeGender(onnx_path, threads=1, prepack=True)
+    assert entry(session) == "1" and entry(packed) == "0"
+    wav = audio(20000, seed=9)
+    a, b = session(wav), packed(wav)
+    for k in OUTPUT_NAMES:
+        np.testing.assert_allclose(a[k], b[k], atol=1e-5, rtol=0, err_msg=k)
+
+
+def test_release_weights_frees_every_tensor(tiny_checkpoint):
+    model = AgeGenderClassifier.from_hparams(source=tiny_checkpoint).mods.model
+    tensors = [*model.parameters(), *model.buffers()]
+    expected = sum(t.numel() * t.element_size() for t in tensors)
+    assert onnx_export.release_weights(model) == expected > 0
+    assert all(t.numel() == 0 for t in tensors)
+
+
 def test_onnx_model_input_errors(onnx_path):
     model = OnnxModel(OnnxAgeGender(onnx_path, threads=1))
     with pytest.raises(AudioError, match=r"\[batch, time\]"):
