@@ -63,8 +63,11 @@ __all__ = [
     "OnnxAgeGender",
     "OnnxExportAdapter",
     "OnnxModel",
+    "export_metadata",
     "export_onnx",
+    "output_names",
     "quantize_onnx_dynamic",
+    "quiet_exporter",
     "release_weights",
 ]
 
