@@ -1,24 +1,49 @@
 """ONNX export and the ONNX Runtime backend.
 
+Conventions
+-----------
 The exported graph has the interface of audEERING's published ONNX export of
-``wav2vec2-large-robust-24-ft-age-gender``, so tools built for theirs can take ours:
+``wav2vec2-large-robust-{6,24}-ft-age-gender`` (tutorial repo ``audeering/w2v2-age-gender-how-to``),
+so tools built for theirs take ours and ours reads theirs:
 
 * one input, ``signal`` ``[1, T]`` float32: raw 16 kHz mono audio, **not** normalised (the
   per-utterance normalisation is part of the graph); ``T`` is dynamic (``T >= 400``);
-* three outputs: ``hidden_states`` ``[1, H]`` (time-pooled last layer), ``logits_age``
-  ``[1, 1]`` (age / 100) and ``logits_gender`` ``[1, n]`` in label order.
+* outputs ``hidden_states`` ``[1, H]`` (time-pooled last layer), ``logits_age`` ``[1, 1]``
+  (age in years / 100) and ``logits_gender`` ``[1, n]``: **raw logits**, as in audEERING's
+  export, labels in output order (female, male, child for their checkpoints);
+* ``gender_probabilities=True`` adds a fourth output, ``probs_gender`` ``[1, n]`` (softmax of
+  ``logits_gender``), and leaves ``logits_gender`` as it is.
 
-As in audEERING's model card (whose ``forward`` applies ``softmax`` to the gender head),
-``logits_gender`` holds **probabilities** by default, despite its name;
-``gender_probabilities=False`` exports raw logits. The file's metadata says which, and names
-the labels. ``onnxruntime`` is needed only to run the graph (``pip install
-"agegender_sb[onnx]"``); exporting needs ``onnx`` and ``onnxscript``.
+The file's metadata (``metadata_props``) names the labels and what each output holds:
+
+=============================  ================================================================
+``agegender_sb.labels``        gender labels, comma-separated, output order
+``agegender_sb.hidden_states`` ``mean-pooled last hidden layer``
+``agegender_sb.logits_age``    ``age in years / 100``
+``agegender_sb.logits_gender`` ``logits`` (files of version 0.x may say ``probabilities``)
+``agegender_sb.probs_gender``  ``probabilities`` (only when that output exists)
+=============================  ================================================================
+
+Reading (:class:`OnnxAgeGender`, :class:`OnnxModel`): a file without this metadata (e.g.
+audEERING's) is read with audEERING's convention, raw logits in ``logits_gender``; a file with
+it is read by what it says. Files written by the previous version with
+``agegender_sb.logits_gender=probabilities`` still load: their gender logits are the ``log`` of
+the probabilities, i.e. logits up to an additive constant per row (the softmax is unchanged).
+
+:class:`OnnxModel` has the call signature of :class:`agegender_sb.model.AgeGenderModel`
+(``(wavs, wav_lens) -> ModelOutput``) and holds no torch model, so a classifier can run on
+ONNX Runtime alone.
+
+``onnxruntime`` is needed only to run the graph (``pip install "agegender_sb[onnx]"``);
+exporting needs ``onnx`` and ``onnxscript``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -28,21 +53,43 @@ import numpy as np
 import torch
 from torch import nn
 
-from .audio import MIN_SAMPLES, AudioError, check_signal
+from .audio import MIN_SAMPLES, AudioError, check_signal, relative_to_samples
 from .fast_linear import use_onednn_linear
 
 __all__ = [
     "INPUT_NAME",
     "OUTPUT_NAMES",
+    "PROBS_OUTPUT",
     "OnnxAgeGender",
     "OnnxExportAdapter",
+    "OnnxModel",
+    "export_metadata",
     "export_onnx",
+    "output_names",
     "quantize_onnx_dynamic",
+    "quiet_exporter",
+    "release_weights",
 ]
 
 INPUT_NAME = "signal"
+#: audEERING's output names, in order.
 OUTPUT_NAMES = ("hidden_states", "logits_age", "logits_gender")
+#: The extra output of ``export_onnx(..., gender_probabilities=True)``.
+PROBS_OUTPUT = "probs_gender"
 DEFAULT_OPSET = 18
+
+META_PREFIX = "agegender_sb."
+META_LABELS = META_PREFIX + "labels"
+META_GENDER = META_PREFIX + "logits_gender"
+
+#: Largest total of weights written inside the ``.onnx`` file; protobuf cannot parse messages
+#: of 2 GiB or more, so bigger models get their weights in ``<file>.data`` beside it.
+INLINE_LIMIT_BYTES = 2**31 - 2**26
+
+#: Loggers silenced (below ERROR) during a non-verbose export: torch's ONNX exporter warns
+#: "torchvision is not installed. Skipping torchvision::nms" (and three more) on every export.
+QUIET_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch._dynamo",
+                 "torch.fx", "onnxscript", "onnx_ir")
 
 _ONNX_EXTRA_HINT = 'install the ONNX extra: pip install "agegender_sb[onnx]"'
 
@@ -58,20 +105,77 @@ class OnnxExportAdapter(nn.Module):
     ``forward(signal [1, T]) -> (hidden_states [1, H], logits_age [1, 1], logits_gender [1, n])``
     runs the package's one forward path (which normalises the raw signal itself) without
     padding (``wav_lens=None``: one utterance per call, no data-dependent branches).
-    ``gender_probabilities=True`` applies softmax to the gender head, as audEERING's export does.
+    ``gender_probabilities=True`` appends ``probs_gender`` (softmax of the gender logits).
+
+    Example
+    -------
+    >>> from agegender_sb.model import AgeGenderModel, ModelOutput
+    >>> class Fake(nn.Module):
+    ...     def forward(self, wavs, wav_lens=None):
+    ...         return ModelOutput(wavs.mean(1), torch.zeros(1, 3), torch.ones(1, 4))
+    >>> [t.shape for t in OnnxExportAdapter(Fake(), True)(torch.randn(1, 400))]
+    [torch.Size([1, 4]), torch.Size([1, 1]), torch.Size([1, 3]), torch.Size([1, 3])]
     """
 
-    def __init__(self, model: nn.Module, gender_probabilities: bool = True):
+    def __init__(self, model: nn.Module, gender_probabilities: bool = False):
         super().__init__()
         self.model = model
         self.gender_probabilities = gender_probabilities
 
-    def forward(self, signal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, signal: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(signal, None)
-        gender = out.gender_logits
+        outputs = (out.embedding, out.age.reshape(-1, 1), out.gender_logits)
         if self.gender_probabilities:
-            gender = torch.softmax(gender, dim=-1)
-        return out.embedding, out.age.reshape(-1, 1), gender
+            outputs += (torch.softmax(out.gender_logits, dim=-1),)
+        return outputs
+
+
+def _export_clone(module: nn.Module, configs: dict | None = None) -> nn.Module:
+    """A float32 CPU copy of the module tree that shares the caller's weights (no tensor copy).
+
+    Each module is shallow-copied with its own parameter, buffer, submodule and hook
+    dictionaries; parameters are new ``Parameter`` objects over the same storage (copies only
+    where a dtype or device conversion is needed), with ``requires_grad=False``. transformers
+    configs are deep-copied once (shared within the clone), so switching the clone's attention
+    kernel leaves the caller's model alone. Folding weight norm or changing classes on the
+    clone therefore never touches the caller's model, and no second set of weights is held
+    (a ``copy.deepcopy`` of the 24-layer model costs 1.2 GB).
+    """
+    configs = {} if configs is None else configs
+    # not copy.copy: parametrized modules refuse __getstate__
+    clone = type(module).__new__(type(module))
+    state = clone.__dict__
+    state.update(module.__dict__)  # same values, replaced below where they could be mutated
+    for key, value in list(state.items()):
+        if isinstance(value, (dict, set)) and key not in ("_parameters", "_buffers", "_modules"):
+            state[key] = copy.copy(value)  # hooks, non-persistent buffer names, ...
+        elif _is_hf_config(value):
+            if id(value) not in configs:
+                configs[id(value)] = copy.deepcopy(value)
+            state[key] = configs[id(value)]
+    state["_parameters"] = {
+        name: None if p is None else nn.Parameter(_float_cpu(p), requires_grad=False)
+        for name, p in module._parameters.items()
+    }
+    state["_buffers"] = {name: None if b is None else _float_cpu(b)
+                         for name, b in module._buffers.items()}
+    state["_modules"] = {name: None if m is None else _export_clone(m, configs)
+                         for name, m in module._modules.items()}
+    return clone
+
+
+def _is_hf_config(value: Any) -> bool:
+    try:
+        from transformers import PretrainedConfig
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return False
+    return isinstance(value, PretrainedConfig)
+
+
+def _float_cpu(t: torch.Tensor) -> torch.Tensor:
+    """``t`` detached on the CPU, floating point as float32 (the same storage when it is)."""
+    t = t.detach()
+    return t.to("cpu", torch.float32) if t.is_floating_point() else t.cpu()
 
 
 def _fold_weight_norm(module: nn.Module) -> None:
@@ -79,12 +183,10 @@ def _fold_weight_norm(module: nn.Module) -> None:
 
     wav2vec2's positional conv is weight-normed; folding it gives a simpler graph (one
     constant instead of norm/div/mul at every run) and avoids exporter corner cases.
-
-    Pitfall: ``torch.nn.utils.parametrize.remove_parametrizations`` must NOT be used on a
-    deep copy: ``copy.deepcopy`` shares the dynamically created ``Parametrized*`` class
-    with the original, and ``remove_parametrizations`` deletes the ``weight`` property from
-    that class, which breaks the *original* module ("'ParametrizedConv1d' object has no
-    attribute 'weight'").  So the fold below only touches the instance.
+    Meant for the clone of :func:`_export_clone`: it only touches the instances' own
+    dictionaries and classes (``torch.nn.utils.parametrize.remove_parametrizations`` would
+    delete the ``weight`` property from the dynamically created ``Parametrized*`` class,
+    which the caller's module shares).
     """
     from torch.nn.utils import parametrize
 
@@ -106,7 +208,66 @@ def _fold_weight_norm(module: nn.Module) -> None:
                 del sub._forward_pre_hooks[hook_id]
                 for suffix in ("_g", "_v"):
                     del sub._parameters[hook.name + suffix]
+                sub.__dict__.pop(hook.name, None)  # the hook's plain-attribute weight
                 sub.register_parameter(hook.name, nn.Parameter(value, requires_grad=False))
+
+
+@contextlib.contextmanager
+def quiet_exporter(verbose: bool = False):
+    """Silence the exporters' warnings and log messages below ERROR, for this block only.
+
+    Python warnings are ignored and the loggers in :data:`QUIET_LOGGERS` raised to ERROR, then
+    restored; errors (log records at ERROR and above, exceptions) still show. With
+    ``verbose=True`` this does nothing.
+
+    Example
+    -------
+    >>> log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    >>> with quiet_exporter():
+    ...     log.isEnabledFor(logging.WARNING), log.isEnabledFor(logging.ERROR)
+    (False, True)
+    >>> log.isEnabledFor(logging.WARNING)
+    True
+    """
+    if verbose:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for lg in loggers:
+                if lg.getEffectiveLevel() < logging.ERROR:
+                    lg.setLevel(logging.ERROR)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def output_names(gender_probabilities: bool = False) -> list[str]:
+    """The graph's output names: audEERING's three, plus ``probs_gender`` on request."""
+    return [*OUTPUT_NAMES, *([PROBS_OUTPUT] if gender_probabilities else [])]
+
+
+def export_metadata(labels, gender_probabilities: bool = False) -> dict[str, str]:
+    """The ``metadata_props`` :func:`export_onnx` writes (see the module docstring).
+
+    Example
+    -------
+    >>> export_metadata(("female", "male", "child"))["agegender_sb.logits_gender"]
+    'logits'
+    """
+    meta = {
+        META_LABELS: ",".join(labels),
+        META_PREFIX + "hidden_states": "mean-pooled last hidden layer",
+        META_PREFIX + "logits_age": "age in years / 100",
+        META_GENDER: "logits",
+    }
+    if gender_probabilities:
+        meta[META_PREFIX + PROBS_OUTPUT] = "probabilities"
+    return meta
 
 
 def export_onnx(
@@ -114,7 +275,7 @@ def export_onnx(
     path: str | os.PathLike,
     labels: tuple[str, ...] | list[str] = ("female", "male", "child"),
     *,
-    gender_probabilities: bool = True,
+    gender_probabilities: bool = False,
     opset: int | None = None,
     dynamo: bool = True,
     attn_implementation: str = "eager",
@@ -125,102 +286,155 @@ def export_onnx(
 
     The graph takes ``signal`` ``[1, T]`` (raw 16 kHz mono float32; normalisation inside,
     ``T`` dynamic, ``T >= 400``) and returns ``hidden_states``, ``logits_age`` and
-    ``logits_gender``, the names of audEERING's published export. The file's metadata records
-    the gender labels (``agegender_sb.labels``, comma-separated, output order) and whether
-    ``logits_gender`` holds probabilities (``agegender_sb.logits_gender``:
-    ``probabilities`` or ``logits``).
+    ``logits_gender`` (raw logits), the names and conventions of audEERING's published export;
+    with ``gender_probabilities=True`` also ``probs_gender``. The metadata names the labels
+    and what each output holds (:func:`export_metadata`).
 
     Parameters
     ----------
     model : torch.nn.Module
-        ``(wavs, wav_lens) -> ModelOutput``; deep-copied, the caller's module is untouched.
+        ``(wavs, wav_lens) -> ModelOutput``; left untouched (the export runs on a clone that
+        shares its weights, see :func:`_export_clone`).
     path : str or PathLike
-        Output ``.onnx`` file (written to a temporary name first, then renamed).
+        Output ``.onnx`` file (written to a temporary name first, then renamed). Models whose
+        weights exceed :data:`INLINE_LIMIT_BYTES` (protobuf's 2 GiB limit) get them in
+        ``<path>.data`` beside it.
     labels : sequence of str
         Gender labels in output order, stored in the metadata.
     gender_probabilities : bool
-        Softmax on the gender output, as audEERING's export (default); False keeps logits.
+        Add the ``probs_gender`` output (softmax); ``logits_gender`` stays raw logits.
     opset : int, optional
         ONNX opset (default 18).
     dynamo : bool
-        ``torch.onnx.export(dynamo=True)`` (default, needs ``onnxscript``); False uses the
-        TorchScript exporter.
+        ``torch.onnx.export(dynamo=True)`` (default, needs ``onnxscript``; weights are written
+        one tensor at a time); False uses the TorchScript exporter, which builds the whole
+        file in memory (about 2.5 GB more for the 24-layer model).
     attn_implementation : str
         transformers attention used while tracing; ``"eager"`` yields plain MatMul/Softmax.
     example_seconds : float
         Length of the tracing example.
     verbose : bool
-        Show exporter warnings.
+        Show the exporter's warnings and log messages (hidden by default, errors excepted).
 
     Notes
     -----
-    Full-size export (24 layers, torch 2.14, dynamo) takes about 30 s and 7 GB of RAM and
-    writes a 1.2 GB file.
+    Full-size export (24 layers, torch 2.14, 2 shared CPU cores) takes about 30 s and writes a
+    1.2 GB file. Peak RSS of the whole process (model loaded, then exported), measured with
+    ``benchmarks/onnx_export_memory.py``: 2.5 GB with the dynamo exporter (loading alone
+    peaks at 2.3 GB), 6.1 GB with the TorchScript one (the previous version, which deep-copied
+    the model and re-read the file to add metadata: 7.3 GB with either).
     """
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     opset = DEFAULT_OPSET if opset is None else int(opset)
 
-    module = copy.deepcopy(model).float().cpu().eval()
+    module = _export_clone(model).eval()
     _fold_weight_norm(module)
     use_onednn_linear(module, enabled=False)  # plain MatMul in the graph
     for sub in module.modules():
         if hasattr(sub, "set_attention"):
             sub.set_attention(attn_implementation)
     module = OnnxExportAdapter(module, gender_probabilities=gender_probabilities).eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
+    names = output_names(gender_probabilities)
+    meta = export_metadata(labels, gender_probabilities)
 
     n = max(MIN_SAMPLES, int(round(example_seconds * 16000)))
     example = (torch.randn(1, n, generator=torch.Generator().manual_seed(0)),)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
     try:
-        _export_to(module, example, tmp, opset, dynamo, verbose)
-        _add_metadata(tmp, {
-            "agegender_sb.labels": ",".join(labels),
-            "agegender_sb.logits_gender": "probabilities" if gender_probabilities else "logits",
-        })
+        with quiet_exporter(verbose):
+            if dynamo:
+                _export_dynamo(module, example, tmp, path.name, opset, names, meta, verbose)
+            else:
+                _export_torchscript(module, example, tmp, opset, names, verbose)
+                _append_metadata(tmp, meta)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
 
 
-def _add_metadata(path: Path, meta: dict) -> None:
-    """Add ``meta`` to an ONNX file's metadata (keys already present are kept as they are)."""
+def _export_dynamo(module, example, tmp: Path, final_name: str, opset: int, names, meta,
+                   verbose: bool) -> None:
+    """torch.export-based exporter; weights streamed to the file one tensor at a time."""
+    import onnx_ir as ir
+
+    time_dim = torch.export.Dim("time", min=MIN_SAMPLES, max=16000 * 3600)
+    program = torch.onnx.export(
+        module, example, dynamo=True, opset_version=opset,
+        input_names=[INPUT_NAME], output_names=names,
+        dynamic_shapes=({1: time_dim},), optimize=True, verbose=verbose,
+    )
+    model = program.model
+    model.metadata_props.update(meta)
+    weights = sum(v.const_value.nbytes for v in model.graph.initializers.values()
+                  if v.const_value is not None)
+    if weights > INLINE_LIMIT_BYTES:
+        ir.save(model, tmp, external_data=f"{final_name}.data")
+    else:
+        _save_streaming(model, tmp)
+
+
+def _save_streaming(model, path: Path) -> None:
+    """Write an ``onnx_ir`` model as one ``.onnx`` file without building it in memory.
+
+    ``onnx_ir.save`` (and ``ONNXProgram.save``) serialise the whole ``ModelProto`` (a copy of
+    every weight) and then its bytes (another copy): +2.5 GB for the 24-layer model. Here
+    the graph is written without its initializers, then each initializer as a separate
+    ``ModelProto{graph{initializer}}`` message. Protobuf parses concatenated messages as
+    their merge (repeated fields appended, nested messages merged), so the file reads back as
+    the one complete model, for ``onnx.load`` and ONNX Runtime alike.
+    """
+    import onnx
+    import onnx_ir as ir
+
+    initializers = dict(model.graph.initializers)
+    model.graph.initializers.clear()
+    try:
+        head = ir.serde.serialize_model(model)
+    finally:
+        model.graph.initializers.update(initializers)
+    with open(path, "wb") as fout:
+        fout.write(head.SerializeToString())
+        del head
+        for name, value in initializers.items():
+            if value.const_value is None:
+                raise ValueError(f"{path}: initializer {name!r} has no value")
+            piece = onnx.ModelProto()
+            value.const_value.name = name
+            ir.serde.serialize_tensor_into(piece.graph.initializer.add(), value.const_value)
+            fout.write(piece.SerializeToString())
+
+
+def _export_torchscript(module, example, tmp: Path, opset: int, names, verbose: bool) -> None:
+    """The TorchScript exporter (``dynamo=False``)."""
+    torch.onnx.export(
+        module, example, str(tmp), dynamo=False, opset_version=opset,
+        input_names=[INPUT_NAME], output_names=names,
+        dynamic_axes={INPUT_NAME: {1: "time"}}, do_constant_folding=True,
+        verbose=verbose,
+    )
+
+
+def _append_metadata(path: Path, meta: dict, skip_present: bool = False) -> None:
+    """Add ``meta`` to an ONNX file's ``metadata_props`` by appending to the file.
+
+    A serialised ``ModelProto`` holding only ``metadata_props``, appended to the file, merges
+    into the model when parsed (protobuf concatenation semantics): no copy of the model is
+    made. ``skip_present=True`` first reads the file to leave keys it already has as they are
+    (ONNX forbids duplicate keys).
+    """
     import onnx
 
-    proto = onnx.load(str(path))
-    present = {p.key for p in proto.metadata_props}
+    if skip_present:
+        present = {p.key for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        meta = {k: v for k, v in meta.items() if k not in present}
+    piece = onnx.ModelProto()
     for key, value in meta.items():
-        if key not in present:
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-    onnx.save(proto, str(path))
-
-
-def _export_to(module, example, tmp: Path, opset: int, dynamo: bool, verbose: bool) -> None:
-    """Run torch's ONNX exporter (dynamo or TorchScript) into ``tmp``."""
-    with warnings.catch_warnings():
-        if not verbose:
-            warnings.simplefilter("ignore")
-        if dynamo:
-            time_dim = torch.export.Dim("time", min=MIN_SAMPLES, max=16000 * 3600)
-            program = torch.onnx.export(
-                module, example, dynamo=True, opset_version=opset,
-                input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                dynamic_shapes=({1: time_dim},), optimize=True, verbose=verbose,
-                external_data=False,
-            )
-            program.save(str(tmp))
-        else:
-            torch.onnx.export(
-                module, example, str(tmp), dynamo=False, opset_version=opset,
-                input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                dynamic_axes={INPUT_NAME: {1: "time"}}, do_constant_folding=True,
-                verbose=verbose,
-            )
+        entry = piece.metadata_props.add()
+        entry.key, entry.value = key, value
+    with open(path, "ab") as fout:
+        fout.write(piece.SerializeToString())
 
 
 # --------------------------------------------------------------------------------------
@@ -238,12 +452,14 @@ def _import_onnxruntime():
         ) from err
 
 
-def quantize_onnx_dynamic(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+def quantize_onnx_dynamic(src: str | os.PathLike, dst: str | os.PathLike,
+                          verbose: bool = False) -> Path:
     """int8 dynamic quantisation of the MatMul weights (``onnxruntime.quantization``).
 
     Faster on CPU and a quarter of the size, less exact (measured with random full-size weights:
     ~1e-2 on the age output; check on your data before relying on it). The metadata of
-    ``src`` (labels, gender output kind) is carried over.
+    ``src`` (labels, what the outputs hold) is carried over. The quantiser's advice logged on
+    the root logger ("Please consider to run pre-processing ...") is hidden unless ``verbose``.
     """
     _import_onnxruntime()
     import onnx
@@ -253,21 +469,46 @@ def quantize_onnx_dynamic(src: str | os.PathLike, dst: str | os.PathLike) -> Pat
     dst = Path(dst)
     tmp = dst.with_name(f"{dst.name}.{os.getpid()}.partial")
     try:
-        quantize_dynamic(
-            str(src),
-            str(tmp),
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=["MatMul"],
-            # needed for graphs from onnxruntime.transformers.optimizer (com.microsoft ops
-            # defeat shape inference: "Unable to find data type for weight_name=...")
-            extra_options={"DefaultTensorType": TensorProto.FLOAT},
-        )
-        _add_metadata(tmp, {p.key: p.value for p in
-                            onnx.load(str(src), load_external_data=False).metadata_props})
+        with quiet_exporter(verbose), _quiet_root_records("onnxruntime", verbose):
+            quantize_dynamic(
+                str(src),
+                str(tmp),
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=["MatMul"],
+                # needed for graphs from onnxruntime.transformers.optimizer (com.microsoft ops
+                # defeat shape inference: "Unable to find data type for weight_name=...")
+                extra_options={"DefaultTensorType": TensorProto.FLOAT},
+            )
+        _append_metadata(tmp, {p.key: p.value for p in
+                               onnx.load(str(src), load_external_data=False).metadata_props},
+                         skip_present=True)
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
     return dst
+
+
+@contextlib.contextmanager
+def _quiet_root_records(package: str, verbose: bool = False):
+    """Drop root-logger records below ERROR emitted from ``package``'s files, for this block.
+
+    For libraries that call ``logging.warning(...)`` directly (the root logger), where raising
+    a named logger's level cannot reach them; everything else logged meanwhile passes.
+    """
+    if verbose:
+        yield
+        return
+    marker = f"{os.sep}{package}{os.sep}"
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or marker not in record.pathname
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 class OnnxAgeGender:
@@ -281,14 +522,28 @@ class OnnxAgeGender:
         ONNX Runtime execution providers (default ``["CPUExecutionProvider"]``).
     threads : int, optional
         ``intra_op_num_threads`` (default: ONNX Runtime's choice, the physical cores).
+    prepack : bool
+        Let ONNX Runtime pre-pack the MatMul weights (``session.disable_prepacking`` off).
+        Measured on the 24-layer model (2 shared CPU cores): about 10 % faster, but the
+        session holds 0.3-0.8 GB more (1.6-2.0 GB instead of 1.2 GB, run to run). Off by
+        default, so that the ONNX backend needs no more memory than the torch one.
 
     Attributes
     ----------
     labels : tuple of str or None
-        Gender labels from the file's metadata (None for files without it).
-    outputs_probabilities : bool
-        Whether ``logits_gender`` holds probabilities (audEERING's convention; assumed for
-        files without our metadata).
+        Gender labels from the file's metadata (None for files without it, e.g. audEERING's).
+    gender_output : str
+        What ``logits_gender`` holds: ``"logits"`` (audEERING's convention, ours, and the
+        reading of files without our metadata) or ``"probabilities"`` (files of the previous
+        version whose metadata says so).
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        The graph lacks audEERING's outputs, or the metadata says something unknown about
+        ``logits_gender`` (the message names the file).
     """
 
     def __init__(
@@ -296,11 +551,14 @@ class OnnxAgeGender:
         path: str | os.PathLike,
         providers: list[Any] | None = None,
         threads: int | None = None,
+        prepack: bool = False,
     ):
         ort = _import_onnxruntime()
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.add_session_config_entry("session.disable_prepacking", "0" if prepack else "1")
+        self.session_options = so
         if threads is not None:
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
@@ -312,17 +570,24 @@ class OnnxAgeGender:
         )
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
-        missing = set(OUTPUT_NAMES) - set(self.output_names)
+        missing = [name for name in OUTPUT_NAMES if name not in self.output_names]
         if missing:
             raise ValueError(f"{self.path}: not an age/gender graph (no {', '.join(missing)})")
         meta = self.session.get_modelmeta().custom_metadata_map
-        labels = meta.get("agegender_sb.labels")
+        labels = meta.get(META_LABELS)
         self.labels = tuple(labels.split(",")) if labels else None
-        self.outputs_probabilities = meta.get("agegender_sb.logits_gender",
-                                              "probabilities") == "probabilities"
+        self.gender_output = meta.get(META_GENDER, "logits")  # audEERING's: raw logits
+        if self.gender_output not in ("logits", "probabilities"):
+            raise ValueError(f"{self.path}: metadata {META_GENDER}={self.gender_output!r}, "
+                             "expected 'logits' or 'probabilities'")
+
+    @property
+    def outputs_probabilities(self) -> bool:
+        """Whether ``logits_gender`` holds probabilities (previous version's default export)."""
+        return self.gender_output == "probabilities"
 
     def __call__(self, wav: np.ndarray) -> dict[str, np.ndarray]:
-        """Raw 16 kHz mono ``[T]`` or ``[1, T]`` → dict of the three outputs."""
+        """Raw 16 kHz mono ``[T]`` or ``[1, T]`` → dict of the graph's outputs, as stored."""
         x = np.asarray(wav, dtype=np.float32)
         if x.ndim == 1:
             x = x[None, :]
@@ -332,20 +597,106 @@ class OnnxAgeGender:
         outs = self.session.run(self.output_names, {self.input_name: x})
         return dict(zip(self.output_names, outs))
 
-    def forward(self, wav: np.ndarray):
-        """One utterance → :class:`~agegender_sb.model.ModelOutput` (batch of 1, CPU tensors).
+    def gender_logits(self, outputs: dict[str, np.ndarray]) -> torch.Tensor:
+        """The gender logits ``[1, n]`` from :meth:`__call__`'s outputs, by the file's convention.
 
-        Gender probabilities are turned back into logits with ``log`` (logits up to an additive
-        constant, so the softmax is unchanged).
+        Files whose ``logits_gender`` holds probabilities give their ``log``: logits up to an
+        additive constant per row (the softmax is unchanged).
         """
+        gender = torch.from_numpy(np.asarray(outputs["logits_gender"])).float()
+        if self.outputs_probabilities:
+            gender = torch.log(gender.clamp(min=torch.finfo(torch.float32).tiny))
+        return gender
+
+    def forward(self, wav: np.ndarray):
+        """One utterance → :class:`~agegender_sb.model.ModelOutput` (batch of 1, CPU tensors)."""
         from .model import ModelOutput
 
         out = self(wav)
-        gender = torch.from_numpy(out["logits_gender"]).float()
-        if self.outputs_probabilities:
-            gender = torch.log(gender.clamp(min=torch.finfo(torch.float32).tiny))
         return ModelOutput(
             age=torch.from_numpy(out["logits_age"]).float().reshape(-1),
-            gender_logits=gender,
+            gender_logits=self.gender_logits(out),
             embedding=torch.from_numpy(out["hidden_states"]).float(),
         )
+
+
+class OnnxModel(nn.Module):
+    """ONNX Runtime in place of :class:`~agegender_sb.model.AgeGenderModel`: same call, no torch
+    model.
+
+    ``model(wavs [batch, time], wav_lens [batch] or None) -> ModelOutput(age [batch],
+    gender_logits [batch, n], embedding [batch, H])``: each row's valid samples
+    (:func:`agegender_sb.audio.relative_to_samples`) go through the ``[1, T]`` graph unpadded,
+    and the results are stacked, so a padded batch gives what the torch model gives (and what
+    each utterance gives alone). Outputs are float32 on ``wavs``' device; gender logits follow
+    the file's convention (:class:`OnnxAgeGender`).
+
+    It is an ``nn.Module`` without parameters, so it can replace the torch model in a
+    classifier's ``mods`` (``.to()``, ``.eval()`` are no-ops): ``AgeGenderClassifier(...,
+    backend="onnx")`` builds one and drops the torch weights (:func:`release_weights`).
+    Measured on the 24-layer model (``benchmarks/onnx_export_memory.py --backends torch
+    onnx``): peak RSS 2.15 GB with ``OnnxModel`` alone, 2.38 GB for the torch model.
+
+    Parameters
+    ----------
+    source : str, PathLike or OnnxAgeGender
+        The ``.onnx`` file, or an open session.
+    providers, threads, prepack
+        As for :class:`OnnxAgeGender` (used when ``source`` is a path).
+
+    Attributes
+    ----------
+    session : OnnxAgeGender
+    labels : tuple of str or None
+        From the file's metadata.
+    """
+
+    def __init__(self, source, providers: list[Any] | None = None, threads: int | None = None,
+                 prepack: bool = False):
+        super().__init__()
+        self.session = (source if isinstance(source, OnnxAgeGender) else
+                        OnnxAgeGender(source, providers=providers, threads=threads,
+                                      prepack=prepack))
+        self.labels = self.session.labels
+
+    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None):
+        from .model import ModelOutput
+
+        if not isinstance(wavs, torch.Tensor) or wavs.dim() != 2:
+            shape = tuple(wavs.shape) if hasattr(wavs, "shape") else type(wavs).__name__
+            raise AudioError(f"wavs: expected a [batch, time] tensor, got {shape}")
+        batch, max_len = wavs.shape
+        if batch == 0:
+            raise AudioError("wavs: empty batch")
+        if wav_lens is None:
+            lengths = [max_len] * batch
+        else:
+            if tuple(wav_lens.shape) != (batch,):
+                raise AudioError(f"wav_lens: expected shape ({batch},), got "
+                                 f"{tuple(wav_lens.shape)}")
+            lengths = relative_to_samples(wav_lens.detach().cpu(), max_len).tolist()
+        rows = wavs.detach().float().cpu().numpy()
+        outs = [self.session.forward(rows[i, :n]) for i, n in enumerate(lengths)]
+        return ModelOutput(*(torch.cat(parts).to(wavs.device) for parts in zip(*outs)))
+
+
+def release_weights(module: nn.Module) -> int:
+    """Free the storage of every parameter and buffer of ``module``; return the bytes freed.
+
+    For a classifier switching to :class:`OnnxModel`: the torch model is referenced from
+    several places (``mods``, ``hparams``, the pretrainer), so dropping one reference frees
+    nothing; emptying the tensors frees their memory wherever the module is still referenced
+    (measured on the 24-layer model: RSS 2.29 GB -> 1.08 GB). The module is unusable afterwards.
+
+    Example
+    -------
+    >>> lin = nn.Linear(1000, 1000)
+    >>> release_weights(lin), lin.weight.numel()
+    (4004000, 0)
+    """
+    freed = 0
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            freed += tensor.numel() * tensor.element_size()
+            tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+    return freed
