@@ -79,16 +79,19 @@ class AgeGenderClassifier(EncoderClassifier):
 
     @property
     def fingerprint(self) -> str:
-        """Short hash of the weights and labels (names result tables and ONNX caches)."""
+        """Short hash of the weights and labels (names result tables and ONNX caches;
+        computed before the ONNX backend frees the torch weights)."""
         if self._fingerprint is None:
             self._fingerprint = fingerprint({"model": self.mods.model}, self.labels)
         return self._fingerprint
 
     def _open_onnx(self, onnx_path, threads):
-        """Open (exporting first if needed) the ONNX graph of this model."""
-        from .onnx_export import OnnxAgeGender, _import_onnxruntime, export_onnx
+        """Open (exporting first if needed) the ONNX graph of this model, then put it in the
+        torch model's place and free the torch weights: one copy of the model in memory."""
+        from .onnx_export import OnnxModel, _import_onnxruntime, export_onnx, release_weights
 
         _import_onnxruntime()  # fail early, with the install hint, before a long export
+        self.fingerprint  # noqa: B018 -- hashed now, while the torch weights exist
         if onnx_path is None:
             folder = Path(getattr(self.hparams, "savedir", None) or
                           Path.home() / ".cache" / "agegender_sb" / "onnx")
@@ -96,19 +99,21 @@ class AgeGenderClassifier(EncoderClassifier):
         onnx_path = Path(onnx_path)
         if not onnx_path.is_file():
             logger.info("exporting the model to ONNX: %s (once)", onnx_path)
-            # Our own graph keeps raw logits, so results equal the torch path's.
-            export_onnx(self.mods.model, onnx_path, self.labels, gender_probabilities=False)
+            export_onnx(self.mods.model, onnx_path, self.labels)
         providers = None
         if self.device_type == "cuda":
             index = torch.device(self.device).index
             device_id = torch.cuda.current_device() if index is None else index
             providers = [("CUDAExecutionProvider", {"device_id": device_id}),
                          "CPUExecutionProvider"]
-        session = OnnxAgeGender(onnx_path, providers=providers, threads=threads)
-        if session.labels is not None and session.labels != self.labels:
-            raise CheckpointError(f"{onnx_path}: labels {session.labels} differ from the "
+        model = OnnxModel(onnx_path, providers=providers, threads=threads)
+        if model.labels is not None and tuple(model.labels) != self.labels:
+            raise CheckpointError(f"{onnx_path}: labels {model.labels} differ from the "
                                   f"model's {self.labels}")
-        return session
+        release_weights(self.mods.model)
+        self.mods.model = model
+        self.hparams.model = model
+        return model.session
 
     @classmethod
     def from_hparams(
@@ -178,19 +183,11 @@ class AgeGenderClassifier(EncoderClassifier):
         return load_audio(path).to(self.device)
 
     def run_model(self, wavs: torch.Tensor, wav_lens: torch.Tensor) -> AgeGenderPrediction:
-        """The network on a checked batch (``[B, T]`` 16 kHz, relative lengths), with the
-        selected backend: the one place the model is called."""
-        if self.onnx_session is None:
-            with torch.inference_mode(), self.inference_ctx:
-                out = self.mods.model(wavs, wav_lens)
-        else:
-            from .audio import relative_to_samples
-            from .model import ModelOutput
-
-            lengths = relative_to_samples(wav_lens, wavs.shape[1]).tolist()
-            outs = [self.onnx_session.forward(wavs[i, :n].float().cpu().numpy())
-                    for i, n in enumerate(lengths)]
-            out = ModelOutput(*(torch.cat(parts) for parts in zip(*outs)))
+        """The network on a checked batch (``[B, T]`` 16 kHz, relative lengths): the one
+        place the model is called (the torch modules, or the ONNX Runtime graph in their
+        place with ``backend="onnx"``)."""
+        with torch.inference_mode(), self.inference_ctx:
+            out = self.mods.model(wavs, wav_lens)
         return AgeGenderPrediction.from_outputs(out.age, out.gender_logits, out.embedding,
                                                 self.labels, float(self.hparams.age_scale))
 

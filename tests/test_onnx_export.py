@@ -401,6 +401,9 @@ def test_backend_switch_matches_torch_path(tiny_checkpoint, clf, tmp_path):
     onnx_clf = AgeGenderClassifier.from_hparams(source=tiny_checkpoint, backend="onnx",
                                                 onnx_path=tmp_path / "b.onnx", onnx_threads=1)
     assert onnx_clf.backend == "onnx" and (tmp_path / "b.onnx").is_file()
+    # one copy of the model: the ONNX graph in the torch model's place, no torch weights
+    assert isinstance(onnx_clf.mods.model, OnnxModel)
+    assert sum(t.numel() for t in onnx_clf.mods.parameters()) == 0
     wavs, lens = padded_batch((16000, 9000, 400))
     ref, out = clf.predict_batch(wavs, lens), onnx_clf.predict_batch(wavs, lens)
     for a, b in ((ref.age, out.age), (ref.gender_logits, out.gender_logits),

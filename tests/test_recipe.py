@@ -272,13 +272,7 @@ def _build(src, tmp_path, overrides=""):
     return hparams
 
 
-#: A converted folder's hyperparams.yaml says ``layer_norm_eps: 1e-05``, which the plain
-#: YAML reader of ``agegender_sb.model_config.plain_values`` (YAML 1.1) returns as a string.
-_FOLDER_XFAIL = pytest.mark.xfail(
-    strict=True, reason="model_config: 1e-05 in a model folder is read back as a string")
-
-
-@pytest.mark.parametrize("kind", ["audeering", pytest.param("speechbrain", marks=_FOLDER_XFAIL)])
+@pytest.mark.parametrize("kind", ["audeering", "speechbrain"])
 def test_train_yaml_builds_each_init_source(tiny_checkpoint, tmp_path, kind):
     """train.yaml's model (inference.yaml, included) with the source's architecture and
     weights gives the classifier's outputs."""
