@@ -103,8 +103,8 @@ def soundfile_call(path: str | os.PathLike, action):
         raise FileNotFoundError(f"{path}: no such file")
     if path.is_dir():
         raise AudioError(f"{path}: is a directory, not an audio file")
-    try:
-        return action(str(path))
+    try:  # the name as bytes: any name the OS allows, UTF-8 or not
+        return action(os.fsencode(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         raise AudioError(f"{path}: not a readable audio file ({err})") from err
 

@@ -237,12 +237,9 @@ def cmd_export_onnx(args) -> int:
         if args.int8:
             q = quantize_onnx_dynamic(out, out.with_name(out.stem + "-int8" + out.suffix))
             print(f"wrote {q}")
-    except ImportError as err:
+    except (ImportError, *_load_errors()) as err:
         _error("export-onnx", err)
         return 2
-    except _load_errors() as err:
-        _error("export-onnx", err)
-        return 1
     return 0
 
 

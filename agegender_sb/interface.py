@@ -391,10 +391,11 @@ class AgeGenderClassifier(EncoderClassifier):
         score, index = pred.gender_probs.max(dim=-1)
         return pred.gender_probs, score, index, pred.gender
 
-    def classify_file(self, path, **kwargs):
-        """:meth:`classify_batch` for one file (long files in windows, as :meth:`predict_file`)."""
-        del kwargs
-        return self._classification(self.predict_file(path))
+    def classify_file(self, path, savedir=None, **settings):
+        """:meth:`classify_batch` for one file, analysed as :meth:`predict_file` (settings
+        such as ``vad=None`` passed on; ``savedir``, SpeechBrain's argument, is unused)."""
+        del savedir
+        return self._classification(self.predict_file(path, **settings))
 
     def forward(self, wavs, wav_lens=None):
         """Same as :meth:`classify_batch`."""

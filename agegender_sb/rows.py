@@ -90,10 +90,10 @@ def speaker_row(speaker: str, rows: list[dict], labels) -> dict:
     """
     ok = [r for r in rows if r.get("error") is None and (r.get("speech") or 0) > 0]
     if not ok:
-        why = ("no speech detected in its files" if rows and all(
-            r.get("error") == NO_SPEECH for r in rows) else
-            f"none of its {len(rows)} file(s) was analysed successfully")
-        return {"speaker": speaker, "error": f"speaker {speaker}: {why}"}
+        if rows and all(r.get("error") == NO_SPEECH for r in rows):
+            return {"speaker": speaker, "error": NO_SPEECH}  # a result, not a failure
+        return {"speaker": speaker, "error": f"speaker {speaker}: none of its {len(rows)} "
+                                             "file(s) was analysed successfully"}
     logits = torch.tensor([[math.log(max(r[lab], _PROB_FLOOR)) for lab in labels] for r in ok],
                           dtype=torch.float64)
     ages = torch.tensor([r["age"] / 100.0 for r in ok], dtype=torch.float64)

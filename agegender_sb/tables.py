@@ -396,7 +396,8 @@ there, 2.0 here; resume with the same settings, or write a new table
     except (OSError, ValueError) as err:
         raise TableError(f"{path}: unreadable ({err})") from err
     a, b = _flat(old if isinstance(old, dict) else {}), _flat(record)
-    differ = [k for k in sorted(set(a) | set(b)) if k not in ("created", "source")
+    # the model is identified by its fingerprint, not by the path or id it was loaded from
+    differ = [k for k in sorted(set(a) | set(b)) if k not in ("created", "model.source")
               and a.get(k) != b.get(k)]
     if differ:
         said = "; ".join(f"{k} is {a.get(k)!r} there, {b.get(k)!r} here" for k in differ[:4])

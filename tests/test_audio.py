@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import math
+import os
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 from transformers import Wav2Vec2FeatureExtractor
 
-from agegender_sb import AgeGenderClassifier, AudioError, load_audio
-from agegender_sb.audio import normalize, validate_batch
+from agegender_sb import AgeGenderClassifier, AudioError, NoSpeechError, load_audio
+from agegender_sb.audio import AudioFile, normalize, resampled_length, validate_batch
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +65,72 @@ def test_resampling_and_channel_mixing(tmp_path):
 
     expected = torchaudio.functional.resample(torch.from_numpy(x.mean(axis=1)), 8000, 16000)
     assert torch.allclose(wav, expected, atol=1e-6)
+
+
+def _noise_file(path, sample_rate, seconds=3.0, channels=1, seed=0):
+    rng = np.random.RandomState(seed)
+    x = (0.1 * rng.randn(int(round(seconds * sample_rate)), channels)).astype(np.float32)
+    sf.write(path, x, sample_rate, subtype="FLOAT")
+    return path, x
+
+
+@pytest.mark.parametrize("sample_rate", [16001, 22051])
+def test_odd_rates_resampled_in_bounded_time(tmp_path, sample_rate):
+    """Rates whose ratio to 16 kHz has large terms (torchaudio's filter bank would grow with
+    them) are resampled with soxr (very high quality), quickly, to the torchaudio length."""
+    import soxr
+
+    path, x = _noise_file(tmp_path / "odd.wav", sample_rate)
+    t0 = time.perf_counter()
+    wav = load_audio(path)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 10, f"{elapsed:.1f} s to resample 3 s of audio at {sample_rate} Hz"
+    n = math.ceil(x.shape[0] * 16000 / sample_rate)  # torchaudio's output length
+    assert wav.shape == (n,) and resampled_length(x.shape[0], sample_rate) == n
+    ref = torch.from_numpy(soxr.resample(x[:, 0], sample_rate, 16000, quality="VHQ"))
+    m = min(n, ref.shape[0])
+    assert abs(ref.shape[0] - n) <= 1
+    assert float((wav[:m] - ref[:m]).abs().max()) < 1e-6
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_44k1_is_resampled_by_torchaudio_exactly(tmp_path, channels):
+    """44.1 kHz (the reference path): exactly torchaudio's resampling of the channel mean."""
+    import torchaudio
+
+    path, x = _noise_file(tmp_path / "cd.wav", 44100, channels=channels)
+    wav = load_audio(path)
+    expected = torchaudio.functional.resample(torch.from_numpy(x).mean(dim=1), 44100, 16000)
+    assert wav.shape == expected.shape == (48000,)
+    assert torch.equal(wav, expected)
+
+
+def test_audio_file_windows_at_16001_equal_slices_of_whole(tmp_path):
+    path, _ = _noise_file(tmp_path / "odd.wav", 16001, seconds=5.0)
+    whole = load_audio(path)
+    with AudioFile(path) as audio:
+        assert (audio.sample_rate, audio.frames, audio.n16) == (16001, 5 * 16001, whole.shape[0])
+        assert audio.duration == pytest.approx(5.0)
+        for start, end in [(0, 16000), (16000, 48000), (12345, 23456), (64000, whole.shape[0]),
+                           (0, whole.shape[0])]:
+            wav = audio.read(start, end)
+            assert wav.shape == (end - start,)
+            assert float((wav - whole[start:end]).abs().max()) < 1e-4, (start, end)
+        # the blocks of a stretch join up to the stretch
+        blocks = list(audio.blocks(1000, 70000, seconds=1.0))
+        assert all(b.shape[0] >= 400 for b in blocks)
+        assert float((torch.cat(blocks) - whole[1000:70000]).abs().max()) < 1e-4
+
+
+def test_file_names_that_are_not_utf8_are_read(tmp_path):
+    """A name holding a byte that is not UTF-8 (as Python gives it: ``os.fsdecode``, with a
+    lone surrogate) is read like any other file."""
+    name = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.wav")
+    x = (0.1 * np.random.RandomState(0).randn(8000)).astype(np.float32)
+    sf.write(os.fsencode(name), x, 16000, subtype="FLOAT")  # soundfile takes bytes as they are
+    assert torch.equal(load_audio(name), torch.from_numpy(x))
+    with AudioFile(Path(name)) as audio:
+        assert audio.n16 == 8000
 
 
 def _write(path, data, sr=16000, subtype="FLOAT"):
@@ -132,7 +203,10 @@ def test_silence_and_minimum_length_give_finite_outputs(clf, tmp_path):
         for t in (pred.age, pred.gender_logits, pred.gender_probs, pred.embedding):
             assert torch.isfinite(t).all()
     _write(tmp_path / "zeros.wav", np.zeros(4000), subtype="PCM_16")
-    assert torch.isfinite(clf.predict_file(tmp_path / "zeros.wav").age).all()
+    assert torch.isfinite(clf.predict_file(tmp_path / "zeros.wav", vad=None).age).all()
+    # with the speech detector (the default), silence has no age and no gender
+    with pytest.raises(NoSpeechError, match=r"zeros\.wav: no speech detected"):
+        clf.predict_file(tmp_path / "zeros.wav")
 
 
 def test_validate_batch_defaults():

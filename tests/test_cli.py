@@ -1,5 +1,7 @@
-"""The ``agegender`` command: predict (files, folders, lists, errors, long files, resume,
-speakers, torchrun), convert, info, exit codes."""
+"""The ``agegender`` command: predict (files, folders, lists, turns, errors, long files, resume,
+speakers, torchrun, speech detection), the table's safeguards (provenance, lock, outputs that
+are inputs, awkward file names, broken folder entries), convert, info, export-onnx, exit
+codes."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import importlib.metadata
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,11 +23,13 @@ import torch
 
 from agegender_sb import AgeGenderClassifier, load_audio
 from agegender_sb.cli import main
-from agegender_sb.tables import columns
+from agegender_sb.tables import columns, provenance_path
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ("female", "male", "child")
-COLUMNS = ["path", "start", "end", "duration", "age", *LABELS, "gender", "error"]
+COLUMNS = ["path", "speaker", "start", "end", "duration", "speech", "age", *LABELS, "gender",
+           "error"]
+NO_SPEECH = "no speech detected"
 
 
 @pytest.fixture(scope="module")
@@ -59,21 +64,44 @@ def corpus(tmp_path_factory):
             "notaudio": str(d / "bad" / "notaudio.wav"), "missing": str(d / "missing.wav")}
 
 
+@pytest.fixture(scope="module")
+def speech_files(speechocean):
+    """Three real utterances (16 kHz)."""
+    lines = (speechocean / "test" / "wav.scp").read_text().splitlines()[:3]
+    return [str(speechocean / line.split()[1]) for line in lines]
+
+
 def _read(path):
-    text = Path(path).read_text()
+    """A written table as dicts, file names byte-exact (line breaks, non-UTF-8 bytes)."""
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
+        text = fh.read()
     if str(path).endswith(".jsonl"):
-        return [json.loads(line) for line in text.splitlines()]
-    reader = csv.DictReader(io.StringIO(text))
+        return [json.loads(line) for line in text.split("\n") if line]
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     assert reader.fieldnames == COLUMNS
     return list(reader)
 
 
+def _is_file_row(row):
+    return row["path"] not in ("", None) and row["start"] in ("", None) and \
+        row["speaker"] in ("", None)
+
+
 def _file_rows(rows):
-    return [r for r in rows if r["start"] in ("", None)]
+    return [r for r in rows if _is_file_row(r)]
+
+
+def _run(*args):
+    """``agegender predict ARGS -q`` (the default speech detector unless ARGS name one)."""
+    return main(["predict", *map(str, args), "-q"])
 
 
 def _predict(*args):
-    return main(["predict", *map(str, args), "-q"])
+    """``agegender predict ARGS -q --vad none``: every sample analysed, as the reference
+    does (the synthetic noise of these tests is not speech for a speech detector)."""
+    if "--vad" not in args:
+        args = (*args, "--vad", "none")
+    return _run(*args)
 
 
 def _check_row(row, pred, i=0):
@@ -85,6 +113,12 @@ def _check_row(row, pred, i=0):
     assert row["error"] in ("", None)
 
 
+def _snapshot(folder):
+    """``{name: bytes}`` of the files in a folder (to show nothing was written)."""
+    return {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()}
+
+
+# ---------------------------------------------------------------------------- the table
 def test_mixed_good_and_bad_files(clf, corpus, tiny_checkpoint, tmp_path):
     out = tmp_path / "out.csv"
     inputs = corpus["good"] + [corpus["short"], corpus["notaudio"], corpus["missing"]]
@@ -94,13 +128,15 @@ def test_mixed_good_and_bad_files(clf, corpus, tiny_checkpoint, tmp_path):
     assert [r["path"] for r in rows] == inputs
     for row, path in zip(rows, corpus["good"]):
         _check_row(row, clf.predict_batch(load_audio(path)))
-        assert row["start"] == row["end"] == ""
+        assert row["speaker"] == row["start"] == row["end"] == ""
         assert float(row["duration"]) == pytest.approx(sf.info(path).duration, abs=1e-3)
+        assert row["speech"] == row["duration"]  # no detector: every second counts
     errors = {r["path"]: r["error"] for r in rows[3:]}
     assert "too short" in errors[corpus["short"]] and corpus["short"] in errors[corpus["short"]]
     assert "not a readable audio file" in errors[corpus["notaudio"]]
     assert "no such file" in errors[corpus["missing"]]
-    assert all(r["age"] == "" and r["gender"] == "" for r in rows[3:])
+    for r in rows[3:]:  # a failed file: its path and the error, nothing else
+        assert all(r[c] == "" for c in COLUMNS if c not in ("path", "error"))
     # all good → 0
     assert _predict(*corpus["good"], "--source", tiny_checkpoint, "-o", tmp_path / "g.csv") == 0
 
@@ -116,9 +152,9 @@ def test_stdout_csv_and_jsonl(corpus, tiny_checkpoint, tmp_path, capsys):
                     "-o", out) == 1
     recs = _read(out)
     assert list(recs[0]) == COLUMNS
-    assert recs[0]["start"] is None and recs[0]["error"] is None
+    assert recs[0]["start"] is None and recs[0]["speaker"] is None and recs[0]["error"] is None
     assert isinstance(recs[0]["age"], float) and recs[1]["age"] is None
-    for col in ("age", *LABELS, "duration"):
+    for col in ("age", *LABELS, "duration", "speech"):
         assert recs[0][col] == pytest.approx(float(rows[0][col]))
     assert recs[0]["gender"] == rows[0]["gender"] and "no such file" in recs[1]["error"]
     # --format wins over the extension
@@ -133,9 +169,12 @@ def test_folders_and_list_files(corpus, tiny_checkpoint, tmp_path):
     assert _predict(d / "spk1", d / "spk2", "--source", tiny_checkpoint, "-o", out) == 0
     assert [r["path"] for r in _read(out)] == sorted(corpus["good"][:2]) + [corpus["good"][2]]
     # .txt list: relative to the list's folder, comments and blanks skipped
-    lst = d / "list.txt"
-    lst.write_text("# inputs\nspk1/spk1-a.wav\n\n" + corpus["good"][2] + "\nspk1/spk1-a.wav\n")
-    # .csv list with a path column
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    lst = lists / "list.txt"
+    lst.write_text(f"# inputs\n{d}/spk1/spk1-a.wav\n\n" + corpus["good"][2] +
+                   f"\n{d}/spk1/spk1-a.wav\n")
+    # .csv list with a path column, relative to the list's folder
     man = d / "manifest.csv"
     man.write_text("id,path,speaker\nx,spk1/spk1-b.flac,spk1\ny,missing.wav,spk9\n")
     out = tmp_path / "lists.csv"
@@ -143,7 +182,7 @@ def test_folders_and_list_files(corpus, tiny_checkpoint, tmp_path):
     paths = [r["path"] for r in _read(out)]
     assert paths == [str(d / "spk1/spk1-a.wav"), corpus["good"][2], str(d / "spk1/spk1-b.flac"),
                      str(d / "missing.wav")]
-    bad = d / "nopath.csv"
+    bad = tmp_path / "nopath.csv"
     bad.write_text("file,speaker\na.wav,s\n")
     assert _predict(bad, "--source", tiny_checkpoint, "-o", tmp_path / "b.csv") == 2
     empty = tmp_path / "empty"
@@ -151,24 +190,25 @@ def test_folders_and_list_files(corpus, tiny_checkpoint, tmp_path):
     assert _predict(empty, "--source", tiny_checkpoint, "-o", tmp_path / "b.csv") == 2
 
 
-def test_long_file_segments_and_aggregation(clf, corpus, tiny_checkpoint, tmp_path):
+def test_long_file_segments_and_pooling(clf, corpus, tiny_checkpoint, tmp_path):
     out = tmp_path / "seg.csv"
     assert _predict(corpus["good"][0], corpus["long"], "--source", tiny_checkpoint, "-o", out,
                     "--segments") == 0
     rows = _read(out)
-    # short file: one segment (the whole file) then its file row
-    assert [r["path"] for r in rows[:2]] == [corpus["good"][0]] * 2
-    assert (rows[0]["start"], rows[0]["end"]) == ("0.0", "1.0") and rows[1]["start"] == ""
+    # a short file is analysed whole: no window rows, its file row only
+    assert rows[0]["path"] == corpus["good"][0] and _is_file_row(rows[0])
     # long file: 33 s → 4 s windows, tail of 1 s merged into the last one
-    seg, file_row = rows[2:-1], rows[-1]
+    seg, file_row = rows[1:-1], rows[-1]
     bounds = [(4.0 * k, 4.0 * k + 4) for k in range(7)] + [(28.0, 33.0)]
     assert [(float(r["start"]), float(r["end"])) for r in seg] == bounds
-    assert file_row["path"] == corpus["long"] and file_row["start"] == ""
+    assert all(r["path"] == corpus["long"] and r["speaker"] == "" for r in seg)
+    assert file_row["path"] == corpus["long"] and _is_file_row(file_row)
     whole = load_audio(corpus["long"])
     preds = [clf.predict_batch(whole[int(s * 16000) : int(e * 16000)]) for s, e in bounds]
     for r, p in zip(seg, preds):
         _check_row(r, p)
         assert float(r["duration"]) == pytest.approx(float(r["end"]) - float(r["start"]))
+        assert r["speech"] == r["duration"]
     w = torch.tensor([e - s for s, e in bounds], dtype=torch.float64)
     w /= w.sum()
     age = float(sum(wi * float(p.age[0]) for wi, p in zip(w, preds)))
@@ -178,7 +218,7 @@ def test_long_file_segments_and_aggregation(clf, corpus, tiny_checkpoint, tmp_pa
     for j, lab in enumerate(LABELS):
         assert float(file_row[lab]) == pytest.approx(float(probs[j]), abs=6e-5)
     assert file_row["gender"] == LABELS[int(probs.argmax())]
-    assert float(file_row["duration"]) == pytest.approx(33.0)
+    assert float(file_row["duration"]) == float(file_row["speech"]) == pytest.approx(33.0)
     # --max-whole / --window / --hop reach the analysis
     out2 = tmp_path / "seg2.csv"
     assert _predict(corpus["good"][1], "--source", tiny_checkpoint, "-o", out2, "--segments",
@@ -192,7 +232,7 @@ def test_batch_size_does_not_change_results(corpus, tiny_checkpoint, tmp_path):
     one, three = tmp_path / "b1.jsonl", tmp_path / "b3.jsonl"
     assert _predict(*inputs, "--source", tiny_checkpoint, "-o", one, "--segments") == 1
     assert _predict(*inputs, "--source", tiny_checkpoint, "-o", three, "--segments",
-                    "--batch-size", "3", "--device", "cpu") == 1
+                    "--batch-size", "3", "--device", "cpu", "--threads", "1") == 1
     a, b = _read(one), _read(three)
     assert [(r["path"], r["start"]) for r in a] == [(r["path"], r["start"]) for r in b]
     for ra, rb in zip(a, b):
@@ -201,28 +241,30 @@ def test_batch_size_does_not_change_results(corpus, tiny_checkpoint, tmp_path):
                 assert ra[col] == pytest.approx(rb[col], abs=1.01e-4)
 
 
+# ---------------------------------------------------------------------------- resume
 def test_resume_after_interrupted_run(corpus, tiny_checkpoint, tmp_path):
     inputs = corpus["good"] + [corpus["long"]]
-    ref = tmp_path / "ref.csv"
-    assert _predict(*inputs, "--source", tiny_checkpoint, "-o", ref, "--segments") == 0
-    ref_lines = ref.read_text().splitlines(keepends=True)
-    # simulate a kill: rows of the first two files, then part of the third file's group
-    # (its segment row) and a half-written line
-    first_two = 1 + 2 * 2  # header + (segment + file row) per file
-    partial = "".join(ref_lines[:first_two]) + ref_lines[first_two] + ref_lines[first_two + 1][:9]
     out = tmp_path / "out.csv"
-    out.write_text(partial)
+    assert _predict(*inputs, "--source", tiny_checkpoint, "-o", out, "--segments") == 0
+    ref = out.read_text()
+    ref_lines = ref.splitlines(keepends=True)
+    # simulate a kill (the provenance record, written first, stays): rows of the first three
+    # files, then part of the long file's group (a window row) and a half-written line
+    first = 1 + 3  # header + one file row per short file
+    out.write_text("".join(ref_lines[:first]) + ref_lines[first] + ref_lines[first + 1][:9])
     assert _predict(*inputs, "--source", tiny_checkpoint, "-o", out, "--segments",
                     "--resume") == 0
     text = out.read_text()
-    assert text.startswith("".join(ref_lines[:first_two]))  # earlier rows kept as they were
-    assert text == "".join(ref_lines)  # nothing lost, nothing duplicated
+    assert text.startswith("".join(ref_lines[:first]))  # earlier rows kept as they were
+    assert text == ref  # nothing lost, nothing duplicated
     # resuming a complete table does nothing
-    assert _predict(*inputs, "--source", tiny_checkpoint, "-o", out, "--resume") == 0
+    assert _predict(*inputs, "--source", tiny_checkpoint, "-o", out, "--segments",
+                    "--resume") == 0
     assert out.read_text() == text
 
 
-def test_resume_retries_failed_files_and_checks_columns(corpus, tiny_checkpoint, tmp_path):
+def test_resume_retries_failed_files_and_checks_columns(corpus, tiny_checkpoint, tmp_path,
+                                                        capsys):
     late = tmp_path / "late.wav"
     out = tmp_path / "out.jsonl"
     assert _predict(corpus["good"][0], late, "--source", tiny_checkpoint, "-o", out) == 1
@@ -235,16 +277,35 @@ def test_resume_retries_failed_files_and_checks_columns(corpus, tiny_checkpoint,
     rows = _read(out)
     assert [r["path"] for r in rows] == [corpus["good"][0], str(late), str(late)]
     assert rows[1]["error"] and rows[2]["error"] is None  # the last row for a path wins
-    # a table with other columns cannot be resumed; --resume needs --output
+    # a table with other columns (its record in place) cannot be resumed
     other = tmp_path / "other.csv"
+    assert _predict(late, "--source", tiny_checkpoint, "-o", other) == 0
     other.write_text("path,age\nx.wav,3\n")
+    capsys.readouterr()
     assert _predict(late, "--source", tiny_checkpoint, "-o", other, "--resume") == 2
+    assert "do not match" in capsys.readouterr().err
     assert other.read_text() == "path,age\nx.wav,3\n"
+    # --resume needs --output
     assert _predict(late, "--source", tiny_checkpoint, "--resume") == 2
 
 
+@pytest.mark.parametrize("content", [b"5\n", b"null\n", b'{"path": [1]}\n', b"\xff\xfe\n"])
+def test_resume_refuses_a_damaged_table(corpus, tiny_checkpoint, tmp_path, capsys, content):
+    out = tmp_path / "out.jsonl"
+    assert _predict(corpus["good"][0], "--source", tiny_checkpoint, "-o", out) == 0
+    out.write_bytes(content)
+    record = provenance_path(out).read_bytes()
+    capsys.readouterr()
+    status = _predict(corpus["good"][0], "--source", tiny_checkpoint, "-o", out, "--resume")
+    assert status == 2
+    assert f"{out}, line 1: cannot be parsed" in capsys.readouterr().err
+    assert out.read_bytes() == content  # nothing rewritten
+    assert provenance_path(out).read_bytes() == record
+
+
+# ---------------------------------------------------------------------------- speakers
 def _pooled(rows, labels=LABELS):
-    w = np.array([float(r["duration"]) for r in rows])
+    w = np.array([float(r["speech"]) for r in rows])
     w = w / w.sum()
     age = float(np.sum(w * [float(r["age"]) for r in rows]))
     logp = np.log([[float(r[lab]) for lab in labels] for r in rows])
@@ -255,7 +316,6 @@ def _pooled(rows, labels=LABELS):
 
 @pytest.mark.parametrize("kind", ["utt2spk", "csv"])
 def test_speaker_rows(clf, corpus, tiny_checkpoint, tmp_path, kind):
-    d = corpus["dir"]
     inputs = corpus["good"] + [corpus["long"], corpus["missing"]]
     if kind == "utt2spk":
         spk = tmp_path / "utt2spk"
@@ -268,10 +328,12 @@ def test_speaker_rows(clf, corpus, tiny_checkpoint, tmp_path, kind):
     out = tmp_path / "out.csv"
     assert _predict(*inputs, "--source", tiny_checkpoint, "-o", out, "--speakers", spk) == 1
     rows = _read(out)
-    assert [r["path"] for r in rows] == inputs + ["spk1", "spk2", "spk3"]
-    by_path = {r["path"]: r for r in rows}
-    # independent: file-level predictions, pooled with duration weights
-    preds = {p: clf.predict_file(p) for p in inputs[:4]}
+    assert [r["path"] for r in rows] == inputs + ["", "", ""]  # speaker rows: no path
+    assert [r["speaker"] for r in rows] == [""] * 5 + ["spk1", "spk2", "spk3"]
+    by_path = {r["path"]: r for r in rows[:5]}
+    by_speaker = {r["speaker"]: r for r in rows[5:]}
+    # independent: file-level predictions, pooled with duration (= speech) weights
+    preds = {p: clf.predict_file(p, vad=None) for p in inputs[:4]}
     for spk_id, members in (("spk1", inputs[:2]), ("spk2", inputs[2:4])):
         durs = [sf.info(p).duration for p in members]
         w = np.array(durs) / sum(durs)
@@ -279,18 +341,20 @@ def test_speaker_rows(clf, corpus, tiny_checkpoint, tmp_path, kind):
         logp = sum(wi * torch.log_softmax(preds[p].gender_logits[0].double(), -1).numpy()
                    for wi, p in zip(w, members))
         probs = np.exp(logp) / np.exp(logp).sum()
-        row = by_path[spk_id]
+        row = by_speaker[spk_id]
         assert float(row["duration"]) == pytest.approx(sum(durs), abs=2e-3)
+        assert float(row["speech"]) == pytest.approx(sum(durs), abs=2e-3)
         assert float(row["age"]) == pytest.approx(age, abs=0.006)
         for j, lab in enumerate(LABELS):
             assert float(row[lab]) == pytest.approx(probs[j], abs=6e-5)
         assert row["gender"] == LABELS[int(np.argmax(probs))] and row["error"] == ""
-        assert row["start"] == ""
+        assert row["start"] == row["end"] == ""
         # the same pooling from the written (rounded) file rows agrees
         age_t, probs_t = _pooled([by_path[p] for p in members])
         assert float(row["age"]) == pytest.approx(age_t, abs=0.01)
-    assert "none of its 1 file(s)" in by_path["spk3"]["error"]
-    del d
+        assert np.allclose([float(row[lab]) for lab in LABELS], probs_t, atol=2e-4)
+    assert "none of its 1 file(s)" in by_speaker["spk3"]["error"]
+    assert by_speaker["spk3"]["age"] == ""
 
 
 def test_speakers_after_resume(corpus, tiny_checkpoint, tmp_path):
@@ -301,10 +365,11 @@ def test_speakers_after_resume(corpus, tiny_checkpoint, tmp_path):
     assert _predict(*inputs, "--source", tiny_checkpoint, "-o", ref, "--speakers", spk) == 0
     out = tmp_path / "out.csv"
     out.write_text("".join(ref.read_text().splitlines(keepends=True)[:2]))  # header + 1 file
+    shutil.copy(provenance_path(ref), provenance_path(out))
     assert _predict(*inputs, "--source", tiny_checkpoint, "-o", out, "--speakers", spk,
                     "--resume") == 0
     a, b = _read(ref), _read(out)
-    assert [r["path"] for r in b] == [r["path"] for r in a]
+    assert [(r["path"], r["speaker"]) for r in b] == [(r["path"], r["speaker"]) for r in a]
     for ra, rb in zip(a, b):  # spk1 pools one file read back from the table (4 decimals)
         assert float(ra["age"]) == pytest.approx(float(rb["age"]), abs=0.011)
         for lab in LABELS:
@@ -315,6 +380,7 @@ def test_speakers_after_resume(corpus, tiny_checkpoint, tmp_path):
     assert len(_read(out)) == len(b)
 
 
+# ---------------------------------------------------------------------------- processes
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -333,27 +399,28 @@ def test_torchrun_two_processes(corpus, tiny_checkpoint, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(_free_port()),
            "-m", "agegender_sb", "predict", *inputs, "--source", tiny_checkpoint, "-o",
-           str(out), "--segments", "--device", "cpu"]
+           str(out), "--segments", "--device", "cpu", "--vad", "none", "-q"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
-    assert proc.returncode != 0  # two inputs fail
+    assert proc.returncode == 1, proc.stderr  # two inputs fail
     assert out.read_text() == single.read_text()  # every input once, in input order
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dist.csv", "single.csv"]
+    assert provenance_path(out).read_text() == provenance_path(single).read_text()
+    assert not [p.name for p in tmp_path.iterdir() if ".part" in p.name]  # parts merged
     file_paths = [r["path"] for r in _file_rows(_read(out))]
     assert file_paths == inputs
     # --resume under torchrun: an interrupted table (half a line at the end) is completed
     lines = single.read_text().splitlines(keepends=True)
-    out.write_text("".join(lines[:5]) + lines[5][:7])  # header, 2 files, part of a row
+    out.write_text("".join(lines[:3]) + lines[3][:7])  # header, 2 files, part of a row
     cmd[cmd.index("--master_port") + 1] = str(_free_port())
     proc = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=_env(),
                           timeout=300)
-    assert proc.returncode != 0
+    assert proc.returncode == 1, proc.stderr
     assert out.read_text() == single.read_text()
 
 
 def test_python_m_and_console_entry(corpus, tiny_checkpoint, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "agegender_sb", "predict", corpus["good"][0], "--source",
-         tiny_checkpoint, "--format", "jsonl"],
+         tiny_checkpoint, "--format", "jsonl", "--vad", "none"],
         capture_output=True, text=True, env=_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr
     rec = json.loads(proc.stdout)
@@ -364,18 +431,33 @@ def test_python_m_and_console_entry(corpus, tiny_checkpoint, tmp_path):
 
 
 def test_usage_errors_exit_2(corpus, tiny_checkpoint, tmp_path, capsys):
+    good = corpus["good"][0]
+    src = ["--source", tiny_checkpoint]
     assert main([]) == 2
     assert main(["predict"]) == 2
-    assert main(["predict", corpus["good"][0], "--window", "0"]) == 2
-    assert main(["predict", corpus["good"][0], "--window", "2", "--hop", "3",
-                 "--source", tiny_checkpoint]) == 2
-    assert main(["predict", corpus["good"][0], "--batch-size", "0"]) == 2
-    assert main(["predict", corpus["good"][0], "--source", str(tmp_path / "nomodel")]) == 2
-    assert main(["predict", corpus["good"][0], "--source", tiny_checkpoint,
-                 "--speakers", str(tmp_path / "nofile")]) == 2
+    assert main(["predict", good, "--window", "0"]) == 2
+    assert main(["predict", good, "--window", "2", "--hop", "3", *src]) == 2
+    assert main(["predict", good, "--batch-size", "0"]) == 2
+    assert main(["predict", good, "--threads", "0"]) == 2
+    assert main(["predict", good, "--vad", "webrtc"]) == 2
+    assert main(["predict", good, "--vad-threshold", "1.5"]) == 2
+    assert main(["predict", good, "--min-speech", "-1"]) == 2
+    assert main(["predict", good, *src, "--vad", "none", "--trim"]) == 2
+    assert main(["predict", good, *src, "--vad", "energy", "--vad-threshold", "0.3"]) == 2
+    assert main(["predict", good, "--source", str(tmp_path / "nomodel")]) == 2
+    assert main(["predict", good, *src, "--speakers", str(tmp_path / "nofile")]) == 2
+    assert main(["predict", good, *src, "--rttm", str(tmp_path / "nofile.rttm")]) == 2
+    bad_rttm = tmp_path / "bad.rttm"
+    bad_rttm.write_text("SPEAKER spk1-a 1 0.0 x <NA> <NA> A <NA> <NA>\n")
+    assert main(["predict", good, *src, "--rttm", str(bad_rttm)]) == 2
+    bad_list = tmp_path / "turns.csv"
+    bad_list.write_text(f"path,start,end\n{good},zero,1\n")
+    assert main(["predict", str(bad_list), *src]) == 2
     assert main(["bogus"]) == 2
     assert main(["--help"]) == 0
-    capsys.readouterr()
+    err = capsys.readouterr().err
+    assert "turns.csv, line 2: start/end must be seconds" in err
+    assert "bad.rttm, line 1" in err
 
 
 def test_info(tiny_card, tiny_checkpoint, capsys):
@@ -390,7 +472,7 @@ def test_info(tiny_card, tiny_checkpoint, capsys):
     assert main(["info", tiny_checkpoint]) == 0
     text = capsys.readouterr().out
     assert "labels: female, male, child" in text and "layers: 2" in text
-    assert main(["info", "/nonexistent/model"]) == 1
+    assert main(["info", "/nonexistent/model"]) == 2
 
 
 def test_convert(clf, corpus, tiny_checkpoint, tmp_path, capsys):
@@ -404,20 +486,31 @@ def test_convert(clf, corpus, tiny_checkpoint, tmp_path, capsys):
     assert _predict(corpus["good"][0], "--source", tiny_checkpoint, "-o", a) == 0
     assert _predict(corpus["good"][0], "--source", dst, "-o", b) == 0
     assert a.read_text() == b.read_text()
-    assert main(["convert", str(dst), str(tmp_path / "again")]) == 1  # already SpeechBrain
+    assert main(["convert", str(dst), str(tmp_path / "again")]) == 2  # already SpeechBrain
     assert "nothing to convert" in capsys.readouterr().err
+    # an existing, non-empty folder is refused unless --overwrite
+    before = _snapshot(dst)
+    assert main(["convert", tiny_checkpoint, str(dst)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert _snapshot(dst) == before
+    assert main(["convert", tiny_checkpoint, str(dst), "--overwrite"]) == 0
+    assert _predict(corpus["good"][0], "--source", dst, "-o", b) == 0
+    assert a.read_text() == b.read_text()
 
 
 def test_columns_follow_model_labels():
-    assert columns(("a", "b")) == ["path", "start", "end", "duration", "age", "a", "b",
-                                   "gender", "error"]
+    assert columns(("a", "b")) == ["path", "speaker", "start", "end", "duration", "speech",
+                                   "age", "a", "b", "gender", "error"]
     with pytest.raises(ValueError):
         columns(("age", "male"))
+    with pytest.raises(ValueError):
+        columns(("speech", "male"))
 
 
 def test_onnx_backend_and_export(clf, corpus, tiny_checkpoint, tmp_path, capsys):
     """``--backend onnx`` gives the torch rows (tolerance: the table's decimals); ``export-onnx``
-    writes audEERING's interface, with an int8 variant."""
+    writes audEERING's interface (raw gender logits; ``--probabilities`` adds
+    ``probs_gender``), with an int8 variant."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     from agegender_sb.onnx_export import OnnxAgeGender
@@ -436,27 +529,338 @@ def test_onnx_backend_and_export(clf, corpus, tiny_checkpoint, tmp_path, capsys)
         for lab in LABELS:
             assert float(a[lab]) == pytest.approx(float(b[lab]), abs=1.1e-4)
 
+    wav = load_audio(corpus["good"][0])
+    ref = clf.predict_batch(wav)
     exported = tmp_path / "model.onnx"
     assert main(["export-onnx", tiny_checkpoint, str(exported), "--int8"]) == 0
     assert f"wrote {exported}" in capsys.readouterr().out
     for path in (exported, tmp_path / "model-int8.onnx"):
         sess = OnnxAgeGender(path)
-        assert sess.labels == LABELS and sess.outputs_probabilities
-        res = sess(load_audio(corpus["good"][0]).numpy())
+        assert sess.labels == LABELS and not sess.outputs_probabilities
+        res = sess(wav.numpy())
         assert set(res) == {"hidden_states", "logits_age", "logits_gender"}
-        assert res["logits_gender"].sum() == pytest.approx(1.0, abs=1e-5)
-    ref = clf.predict_batch(load_audio(corpus["good"][0]))
-    res = OnnxAgeGender(exported)(load_audio(corpus["good"][0]).numpy())
-    assert np.allclose(res["logits_gender"][0], ref.gender_probs[0].numpy(), atol=1e-4)
-    assert main(["export-onnx", str(tmp_path / "nowhere"), str(tmp_path / "x.onnx")]) == 1
+    res = OnnxAgeGender(exported)(wav.numpy())
+    assert np.allclose(res["logits_gender"][0], ref.gender_logits[0].numpy(), atol=1e-4)
+    # --probabilities adds probs_gender (softmax of the logits); logits_gender stays logits
+    probs = tmp_path / "probs.onnx"
+    assert main(["export-onnx", tiny_checkpoint, str(probs), "--probabilities"]) == 0
+    sess = OnnxAgeGender(probs)
+    assert sess.labels == LABELS and not sess.outputs_probabilities
+    res = sess(wav.numpy())
+    assert set(res) == {"hidden_states", "logits_age", "logits_gender", "probs_gender"}
+    assert res["probs_gender"].sum() == pytest.approx(1.0, abs=1e-5)
+    assert np.allclose(res["probs_gender"][0], ref.gender_probs[0].numpy(), atol=1e-4)
+    assert np.allclose(res["logits_gender"][0], ref.gender_logits[0].numpy(), atol=1e-4)
+    # a model that cannot be loaded is a usage error (2), as for predict, info and convert
+    assert main(["export-onnx", str(tmp_path / "nowhere"), str(tmp_path / "x.onnx")]) == 2
     assert not (tmp_path / "x.onnx").exists()
 
 
-@pytest.mark.parametrize("content", [b"5\n", b"null\n", b'{"path": [1]}\n', b"\xff\xfe\n"])
-def test_resume_refuses_a_damaged_table(corpus, tiny_checkpoint, tmp_path, capsys, content):
-    out = tmp_path / "out.jsonl"
-    out.write_bytes(content)
-    status = _predict(corpus["good"][0], "--source", tiny_checkpoint, "-o", out, "--resume")
-    assert status == 2
-    assert f"{out}, line 1: cannot be parsed" in capsys.readouterr().err
-    assert out.read_bytes() == content  # nothing rewritten
+# ---------------------------------------------------------------------------- speech detection
+def test_default_vad_no_speech_is_a_result_not_a_failure(corpus, tiny_checkpoint, tmp_path):
+    """With the default detector, noise and silence have no speech: "no speech detected",
+    no age or gender, and exit 0 (no file failed)."""
+    silence = tmp_path / "silence.wav"
+    sf.write(silence, np.zeros(16000, dtype=np.float32), 16000)
+    inputs = [corpus["good"][0], str(silence)]
+    out = tmp_path / "out.csv"
+    assert _run(*inputs, "--source", tiny_checkpoint, "-o", out) == 0
+    rows = _read(out)
+    assert [r["path"] for r in rows] == inputs
+    for r in rows:
+        assert r["error"] == NO_SPEECH and float(r["speech"]) == 0.0
+        assert all(r[c] == "" for c in ("age", *LABELS, "gender"))
+        assert float(r["duration"]) == pytest.approx(sf.info(r["path"]).duration, abs=1e-3)
+    # the energy detector finds no speech in digital silence either
+    assert _run(silence, "--source", tiny_checkpoint, "-o", out, "--vad", "energy") == 0
+    assert _read(out)[0]["error"] == NO_SPEECH
+    # a missing file next to them still fails the run
+    assert _run(*inputs, corpus["missing"], "--source", tiny_checkpoint, "-o", out) == 1
+
+
+def test_speaker_without_speech_is_not_a_failure(corpus, tiny_checkpoint, tmp_path):
+    """A speaker whose files have no speech gets a row without age or gender, and, as for its
+    files, the exit status stays 0."""
+    silence = tmp_path / "silence.wav"
+    sf.write(silence, np.zeros(16000, dtype=np.float32), 16000)
+    spk = tmp_path / "utt2spk"
+    spk.write_text("silence quiet\n")
+    out = tmp_path / "out.csv"
+    status = _run(silence, "--source", tiny_checkpoint, "-o", out, "--speakers", spk)
+    rows = _read(out)
+    assert [(r["path"], r["speaker"]) for r in rows] == [(str(silence), ""), ("", "quiet")]
+    assert rows[0]["error"] == NO_SPEECH
+    assert "no speech detected" in rows[1]["error"] and rows[1]["age"] == ""
+    assert status == 0
+
+
+def test_default_vad_on_real_speech(clf, speech_files, tiny_checkpoint, tmp_path):
+    """Real speech with the default detector: files up to 30 s are analysed whole, exactly
+    as the reference (the detector only says there is speech, and how much)."""
+    out = tmp_path / "out.csv"
+    assert _run(*speech_files, "--source", tiny_checkpoint, "-o", out) == 0
+    rows = _read(out)
+    assert [r["path"] for r in rows] == speech_files
+    for row, path in zip(rows, speech_files):
+        _check_row(row, clf.predict_batch(load_audio(path)))
+        assert 0.2 < float(row["speech"]) <= float(row["duration"])
+    # --trim analyses the detected speech only: the same seconds of speech, other numbers
+    trimmed = tmp_path / "trim.csv"
+    assert _run(*speech_files, "--source", tiny_checkpoint, "-o", trimmed, "--trim") == 0
+    rows_t = _read(trimmed)
+    assert [r["speech"] for r in rows_t] == [r["speech"] for r in rows]
+    assert all(r["error"] == "" and r["gender"] in LABELS for r in rows_t)
+    assert [r["age"] for r in rows_t] != [r["age"] for r in rows]
+
+
+# ---------------------------------------------------------------------------- speaker turns
+def test_segment_list_and_rttm_turns(clf, tiny_checkpoint, tmp_path):
+    """Turns from a segment list or an RTTM file: one row per turn (``--segments``), one
+    per speaker of the file, then the file's row; each turn analysed as its slice."""
+    meet = _noise(tmp_path / "meet.wav", 6.0, seed=7)
+    turns = [(0.0, 2.0, "A"), (2.0, 4.5, "B"), (4.5, 6.0, "A")]
+    seglist = tmp_path / "turns.csv"
+    seglist.write_text("path,start,end,speaker\n" +
+                       "".join(f"meet.wav,{s},{e},{k}\n" for s, e, k in turns))
+    rttm = tmp_path / "meet.rttm"
+    rttm.write_text("".join(f"SPEAKER meet 1 {s} {e - s} <NA> <NA> {k} <NA> <NA>\n"
+                            for s, e, k in turns))
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    assert _predict(seglist, "--source", tiny_checkpoint, "-o", a, "--segments") == 0
+    assert _predict(meet, "--source", tiny_checkpoint, "-o", b, "--segments", "--rttm",
+                    rttm) == 0
+    assert a.read_text() == b.read_text()
+    rows = _read(a)
+    assert [(r["path"], r["speaker"], r["start"]) for r in rows] == [
+        (str(meet), "A", "0.0"), (str(meet), "B", "2.0"), (str(meet), "A", "4.5"),
+        (str(meet), "A", ""), (str(meet), "B", ""), (str(meet), "", "")]
+    whole = load_audio(meet)
+    preds = [clf.predict_batch(whole[int(s * 16000) : int(e * 16000)]) for s, e, _ in turns]
+    for row, pred in zip(rows[:3], preds):
+        _check_row(row, pred)
+
+    def pooled(idx):
+        w = torch.tensor([turns[i][1] - turns[i][0] for i in idx], dtype=torch.float64)
+        w /= w.sum()
+        logits = sum(wi * preds[i].gender_logits[0].double() for wi, i in zip(w, idx))
+        age = float(sum(wi * float(preds[i].age[0]) for wi, i in zip(w, idx)))
+        return age, torch.softmax(logits, -1)
+
+    for row, idx in ((rows[3], [0, 2]), (rows[4], [1]), (rows[5], [0, 1, 2])):
+        age, probs = pooled(idx)
+        assert float(row["age"]) == pytest.approx(age, abs=0.006)
+        for j, lab in enumerate(LABELS):
+            assert float(row[lab]) == pytest.approx(float(probs[j]), abs=6e-5)
+        assert float(row["speech"]) == pytest.approx(sum(turns[i][1] - turns[i][0]
+                                                         for i in idx))
+    assert float(rows[5]["duration"]) == pytest.approx(6.0)
+
+
+# ---------------------------------------------------------------------------- safeguards
+def _inputs_of_each_kind(d, audio):
+    txt = d / "list.txt"
+    txt.write_text(f"{audio}\n")
+    lst = d / "list.csv"
+    lst.write_text(f"path\n{audio}\n")
+    spk = d / "utt2spk"
+    spk.write_text("a spk1\n")
+    rttm = d / "a.rttm"
+    rttm.write_text("SPEAKER a 1 0.0 1.0 <NA> <NA> A <NA> <NA>\n")
+    link = d / "link.csv"
+    link.symlink_to(audio)
+    return {
+        "audio": ([audio], audio),
+        "audio-in-folder": ([d / "sub"], d / "sub" / "b.wav"),
+        "audio-by-a-link": ([audio], link),
+        "audio-spelt-otherwise": ([audio], d / "sub" / ".." / "a.wav"),
+        "txt-list": ([txt], txt),
+        "csv-list": ([lst], lst),
+        "speakers": ([audio, "--speakers", spk], spk),
+        "rttm": ([audio, "--rttm", rttm], rttm),
+    }
+
+
+@pytest.mark.parametrize("kind", ["audio", "audio-in-folder", "audio-by-a-link",
+                                  "audio-spelt-otherwise", "txt-list", "csv-list", "speakers",
+                                  "rttm"])
+def test_output_that_is_an_input_is_refused(tiny_checkpoint, tmp_path, capsys, kind):
+    d = tmp_path / "in"
+    audio = _noise(d / "a.wav", 1.0)
+    _noise(d / "sub" / "b.wav", 1.0, seed=1)
+    args, output = _inputs_of_each_kind(d, audio)[kind]
+    before = {p: p.read_bytes() for p in d.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert _predict(*args, "--source", tiny_checkpoint, "-o", output) == 2
+    assert "is an input" in capsys.readouterr().err
+    after = {p: p.read_bytes() for p in d.rglob("*") if p.is_file()}
+    assert after == before  # the input byte-identical, nothing written beside it
+
+
+def test_second_writer_is_refused_while_the_lock_is_held(corpus, tiny_checkpoint, tmp_path,
+                                                         capsys):
+    from filelock import FileLock
+
+    out = tmp_path / "out.csv"
+    assert _predict(corpus["good"][0], "--source", tiny_checkpoint, "-o", out) == 0
+    before = _snapshot(tmp_path)
+    lock = FileLock(str(out) + ".lock")
+    with lock.acquire(timeout=0):
+        capsys.readouterr()
+        for extra in ([], ["--resume"]):
+            assert _predict(*corpus["good"], "--source", tiny_checkpoint, "-o", out,
+                            *extra) == 2
+            assert "another agegender process is writing this table" in \
+                capsys.readouterr().err
+            assert _snapshot(tmp_path) == before
+    # released: the table can be written again
+    assert _predict(*corpus["good"], "--source", tiny_checkpoint, "-o", out, "--resume") == 0
+    assert [r["path"] for r in _read(out)] == corpus["good"]
+
+
+@pytest.mark.parametrize("change, field", [
+    (["--window", "2"], "analysis.window"),
+    (["--hop", "2"], "analysis.hop"),
+    (["--max-whole", "10"], "analysis.max_whole"),
+    (["--vad", "energy"], "analysis.detector"),
+    (["--precision", "bf16"], "precision"),
+    ("other-model", "model.fingerprint"),
+])
+def test_resume_refuses_a_table_made_by_another_analysis(corpus, tiny_card, tiny_checkpoint,
+                                                         tmp_path, capsys, change, field):
+    from reference import build_card_model, write_audeering_checkpoint
+
+    out = tmp_path / "out.csv"
+    assert _predict(corpus["good"][0], "--source", tiny_checkpoint, "-o", out) == 0
+    before = _snapshot(tmp_path)
+    if change == "other-model":
+        _, config = tiny_card
+        other = write_audeering_checkpoint(build_card_model(config, seed=1), config,
+                                           tmp_path / "other")
+        change = ["--source", other]
+    else:
+        change = ["--source", tiny_checkpoint, *change]
+    capsys.readouterr()
+    assert _predict(*corpus["good"], *change, "-o", out, "--resume") == 2
+    err = capsys.readouterr().err
+    assert f"{out}: made by another analysis" in err and field in err
+    assert _snapshot(tmp_path) == before
+
+
+def test_resume_with_the_same_model_under_another_name(corpus, tiny_checkpoint, tmp_path):
+    """The same weights reached by another path (here a link to the checkpoint folder) are
+    the same analysis: the table can be resumed."""
+    out = tmp_path / "out.csv"
+    assert _predict(corpus["good"][0], "--source", tiny_checkpoint, "-o", out) == 0
+    link = tmp_path / "model-link"
+    link.symlink_to(tiny_checkpoint)
+    assert _predict(*corpus["good"][:2], "--source", link, "-o", out, "--resume") == 0
+    assert [r["path"] for r in _read(out)] == corpus["good"][:2]
+
+
+def test_resume_without_provenance_is_refused(corpus, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "out.csv"
+    assert _predict(corpus["good"][0], "--source", tiny_checkpoint, "-o", out) == 0
+    provenance_path(out).unlink()
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert _predict(*corpus["good"], "--source", tiny_checkpoint, "-o", out, "--resume") == 2
+    assert provenance_path(out).name in capsys.readouterr().err
+    assert out.read_bytes() == before and not provenance_path(out).exists()
+    # without --resume the table is simply written anew, with its record
+    assert _predict(*corpus["good"], "--source", tiny_checkpoint, "-o", out) == 0
+    assert provenance_path(out).is_file() and len(_read(out)) == 3
+
+
+AWKWARD = {"cr": "cr\rname.wav", "lf": "lf\nname.wav", "comma-quote": 'a, "b".wav',
+           "latin1": os.fsdecode(b"caf\xe9.wav")}
+
+
+@pytest.fixture(scope="module")
+def awkward(tmp_path_factory):
+    d = tmp_path_factory.mktemp("awkward")
+    for i, name in enumerate(AWKWARD.values()):
+        x = 0.1 * np.random.RandomState(i).randn(int(16000 * (0.5 + 0.1 * i)))
+        try:  # soundfile takes a bytes name as it is (a str one must be valid UTF-8)
+            sf.write(os.fsencode(d / name), x.astype(np.float32), 16000)
+        except OSError as err:  # pragma: no cover - a file system without such names
+            pytest.skip(f"cannot create awkward file names here: {err}")
+    return d
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+@pytest.mark.parametrize("names", [["cr", "lf", "comma-quote"], ["cr", "latin1", "lf"]],
+                         ids=["line-breaks", "not-utf8"])
+def test_awkward_names_round_trip_through_table_and_resume(awkward, tiny_checkpoint, tmp_path,
+                                                           fmt, names):
+    """Names with a carriage return, a line feed, a comma and quotes, or a byte that is not
+    UTF-8 (given as Python gives it, ``os.fsdecode``) are analysed, written byte-exact, and
+    recognised by ``--resume`` (nothing analysed twice)."""
+    paths = [str(awkward / AWKWARD[k]) for k in names]
+    out = tmp_path / f"out.{fmt}"
+    status = _predict(*paths, "--source", tiny_checkpoint, "-o", out)
+    rows = _read(out)
+    assert [r["path"] for r in rows] == paths  # byte-exact, line breaks included
+    assert [r["error"] or "" for r in rows] == [""] * len(paths)
+    assert all(r["gender"] in LABELS for r in rows) and status == 0
+    if "latin1" in names:  # the undecodable byte written as it was
+        assert b"/caf\xe9.wav" in out.read_bytes()
+    before = out.read_bytes()
+    # --resume recognises every name: nothing analysed again, nothing appended
+    assert _predict(*paths, "--source", tiny_checkpoint, "-o", out, "--resume") == 0
+    assert out.read_bytes() == before and len(_read(out)) == len(paths)
+    # an interrupted run (killed inside the last row) is completed, byte for byte
+    out.write_bytes(before[: before.rindex(os.fsencode(AWKWARD[names[-1]])[:2])])
+    assert _predict(*paths, "--source", tiny_checkpoint, "-o", out, "--resume") == 0
+    assert out.read_bytes() == before
+
+
+def test_awkward_names_in_a_folder(awkward, tiny_checkpoint, tmp_path):
+    """A folder input finds every name, and its table resumes with the same names."""
+    out = tmp_path / "out.csv"
+    status = _predict(awkward, "--source", tiny_checkpoint, "-o", out)
+    paths = sorted(str(awkward / name) for name in AWKWARD.values())
+    rows = _read(out)
+    assert [r["path"] for r in rows] == paths
+    assert [r["error"] for r in rows] == [""] * len(paths) and status == 0
+    before = out.read_bytes()
+    assert _predict(awkward, "--source", tiny_checkpoint, "-o", out, "--resume") == 0
+    assert out.read_bytes() == before
+
+
+def test_pandas_reads_names_with_line_breaks(awkward, tiny_checkpoint, tmp_path):
+    pd = pytest.importorskip("pandas")
+    paths = [str(awkward / AWKWARD[k]) for k in ("cr", "lf", "comma-quote")]
+    out = tmp_path / "out.csv"
+    assert _predict(*paths, "--source", tiny_checkpoint, "-o", out) == 0
+    frame = pd.read_csv(out, keep_default_na=False)
+    assert list(frame.columns) == COLUMNS
+    assert frame["path"].tolist() == paths  # the \r and the \n intact
+    assert b'cr\rname.wav"' in out.read_bytes()  # written raw, inside quotes
+
+
+def test_broken_folder_entries_get_error_rows(tiny_checkpoint, tmp_path):
+    """A dangling link, a link loop and a FIFO named like audio in an input folder each get
+    an error row; the run ends (the FIFO is not opened for reading)."""
+    d = tmp_path / "in"
+    good = _noise(d / "good.wav", 1.0)
+    (d / "dangling.wav").symlink_to(d / "nowhere.wav")
+    (d / "loop.wav").symlink_to(d / "loop.wav")
+    (d / "ping.wav").symlink_to(d / "pong.wav")
+    (d / "pong.wav").symlink_to(d / "ping.wav")
+    os.mkfifo(d / "fifo.wav")
+    out = tmp_path / "out.csv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "agegender_sb", "predict", str(d), "--source", tiny_checkpoint,
+         "-o", str(out), "--vad", "none", "-q"],
+        capture_output=True, text=True, env=_env(), timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    rows = {r["path"]: r for r in _read(out)}
+    names = ["dangling.wav", "fifo.wav", "good.wav", "loop.wav", "ping.wav", "pong.wav"]
+    assert sorted(rows) == [str(d / n) for n in names]
+    assert rows[str(good)]["error"] == "" and rows[str(good)]["gender"] in LABELS
+    for name in names:
+        if name != "good.wav":
+            error = rows[str(d / name)]["error"]
+            assert error.startswith(str(d / name)) and rows[str(d / name)]["age"] == ""
+    assert "dangling" in rows[str(d / "dangling.wav")]["error"]
+    assert "FIFO" in rows[str(d / "fifo.wav")]["error"]
