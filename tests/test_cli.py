@@ -864,3 +864,44 @@ def test_broken_folder_entries_get_error_rows(tiny_checkpoint, tmp_path):
             assert error.startswith(str(d / name)) and rows[str(d / name)]["age"] == ""
     assert "dangling" in rows[str(d / "dangling.wav")]["error"]
     assert "FIFO" in rows[str(d / "fifo.wav")]["error"]
+
+
+def test_progress_lines_where_stderr_is_not_a_terminal(corpus, tiny_checkpoint, tmp_path):
+    """Batch jobs and logs (stderr piped): a plain progress line, not a silent run."""
+    out = tmp_path / "p.csv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "agegender_sb", "predict", *corpus["good"], "--source",
+         tiny_checkpoint, "--vad", "none", "-o", str(out)],
+        capture_output=True, text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("agegender predict: 3/3")]
+    assert lines and "h of audio" in lines[-1] and "ETA" in lines[-1]
+    quiet = subprocess.run(
+        [sys.executable, "-m", "agegender_sb", "predict", *corpus["good"], "--source",
+         tiny_checkpoint, "--vad", "none", "-o", str(tmp_path / "q.csv"), "-q"],
+        capture_output=True, text=True, env=_env(), timeout=300)
+    assert quiet.returncode == 0 and "files," not in quiet.stderr
+
+
+def test_threads_option_sets_torch_threads(corpus, tiny_checkpoint, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert _predict(corpus["good"][0], "--source", tiny_checkpoint, "--threads", "1",
+                        "-o", tmp_path / "t.csv") == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert _predict(corpus["good"][0], "--source", tiny_checkpoint, "--threads", "0") == 2
+
+
+def test_help_does_not_import_torch():
+    """`agegender --help` answers before torch, speechbrain or transformers are imported."""
+    code = ("import sys\nfrom agegender_sb.cli import main\n"
+            "try:\n    main(['predict', '--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'speechbrain', 'transformers') if m in sys.modules]\n"
+            "print('HEAVY', heavy)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=_env(), timeout=60)
+    assert "HEAVY []" in proc.stdout, proc.stdout + proc.stderr
