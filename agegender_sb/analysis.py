@@ -231,8 +231,8 @@ class Analyzer:
         Seconds of audio kept on both sides of detected speech where it is cut out (windows
         of long spans, ``trim``), as utterances carry a little silence at their edges: with
         it, the speech of a long recording is analysed like the same utterances recorded
-        one by one (measured on speechocean762: 0.5 s keeps a silence-sensitive test model
-        closest to the speech-only recording). Regions closer than twice this are joined.
+        one by one (how the default was chosen: README, "Real recordings"). Regions closer
+        than twice this are joined.
 
     Example
     -------

@@ -139,7 +139,7 @@ def _export_clone(module: nn.Module, configs: dict | None = None) -> nn.Module:
     configs are deep-copied once (shared within the clone), so switching the clone's attention
     kernel leaves the caller's model alone. Folding weight norm or changing classes on the
     clone therefore never touches the caller's model, and no second set of weights is held
-    (a ``copy.deepcopy`` of the 24-layer model costs 1.2 GB).
+    (as ``copy.deepcopy`` would).
     """
     configs = {} if configs is None else configs
     # not copy.copy: parametrized modules refuse __getstate__
@@ -308,7 +308,7 @@ def export_onnx(
     dynamo : bool
         ``torch.onnx.export(dynamo=True)`` (default, needs ``onnxscript``; weights are written
         one tensor at a time); False uses the TorchScript exporter, which builds the whole
-        file in memory (about 2.5 GB more for the 24-layer model).
+        file in memory.
     attn_implementation : str
         transformers attention used while tracing; ``"eager"`` yields plain MatMul/Softmax.
     example_seconds : float
@@ -318,11 +318,9 @@ def export_onnx(
 
     Notes
     -----
-    Full-size export (24 layers, torch 2.14, 2 shared CPU cores) takes about 30 s and writes a
-    1.2 GB file. Peak RSS of the whole process (model loaded, then exported), measured with
-    ``benchmarks/onnx_export_memory.py``: 2.5 GB with the dynamo exporter (loading alone
-    peaks at 2.3 GB), 6.1 GB with the TorchScript one (the previous version, which deep-copied
-    the model and re-read the file to add metadata: 7.3 GB with either).
+    The caller's weights are shared, not copied, and written one tensor at a time, so the
+    export needs little memory beyond the loaded model; time and peak memory of the full-size
+    export are measured by ``benchmarks/onnx_export_memory.py`` (figures in README).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -456,8 +454,8 @@ def quantize_onnx_dynamic(src: str | os.PathLike, dst: str | os.PathLike,
                           verbose: bool = False) -> Path:
     """int8 dynamic quantisation of the MatMul weights (``onnxruntime.quantization``).
 
-    Faster on CPU and a quarter of the size, less exact (measured with random full-size weights:
-    ~1e-2 on the age output; check on your data before relying on it). The metadata of
+    Faster on CPU and a quarter of the size, less exact (README's benchmark; check on your data
+    before relying on it). The metadata of
     ``src`` (labels, what the outputs hold) is carried over. The quantiser's advice logged on
     the root logger ("Please consider to run pre-processing ...") is hidden unless ``verbose``.
     """
@@ -523,10 +521,9 @@ class OnnxAgeGender:
     threads : int, optional
         ``intra_op_num_threads`` (default: ONNX Runtime's choice, the physical cores).
     prepack : bool
-        Let ONNX Runtime pre-pack the MatMul weights (``session.disable_prepacking`` off).
-        Measured on the 24-layer model (2 shared CPU cores): about 10 % faster, but the
-        session holds 0.3-0.8 GB more (1.6-2.0 GB instead of 1.2 GB, run to run). Off by
-        default, so that the ONNX backend needs no more memory than the torch one.
+        Let ONNX Runtime pre-pack the MatMul weights (``session.disable_prepacking`` off):
+        somewhat faster, but the session then holds a second, packed copy of the weights.
+        Off by default, so that the ONNX backend needs no more memory than the torch one.
 
     Attributes
     ----------
@@ -633,9 +630,9 @@ class OnnxModel(nn.Module):
 
     It is an ``nn.Module`` without parameters, so it can replace the torch model in a
     classifier's ``mods`` (``.to()``, ``.eval()`` are no-ops): ``AgeGenderClassifier(...,
-    backend="onnx")`` builds one and drops the torch weights (:func:`release_weights`).
-    Measured on the 24-layer model (``benchmarks/onnx_export_memory.py --backends torch
-    onnx``): peak RSS 2.15 GB with ``OnnxModel`` alone, 2.38 GB for the torch model.
+    backend="onnx")`` builds one and drops the torch weights (:func:`release_weights`), so
+    the backend holds one copy of the model (``benchmarks/onnx_export_memory.py --backends
+    torch onnx`` compares the two; figures in README).
 
     Parameters
     ----------
@@ -685,8 +682,8 @@ def release_weights(module: nn.Module) -> int:
 
     For a classifier switching to :class:`OnnxModel`: the torch model is referenced from
     several places (``mods``, ``hparams``, the pretrainer), so dropping one reference frees
-    nothing; emptying the tensors frees their memory wherever the module is still referenced
-    (measured on the 24-layer model: RSS 2.29 GB -> 1.08 GB). The module is unusable afterwards.
+    nothing; emptying the tensors frees their memory wherever the module is still referenced.
+    The module is unusable afterwards.
 
     Example
     -------
