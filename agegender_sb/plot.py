@@ -315,6 +315,7 @@ def _age_distribution(ax, voice_rows, labels, colors) -> None:
             label=[f"{lab} ({len(g)})" for lab, g in zip(labels, groups)], edgecolor="white")
     ax.set_xlabel("predicted age (years)")
     ax.set_ylabel("voices (files, or speakers of a file's turns)")
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_title(f"Predicted age per predicted gender ({len(ages)} voices)")
     ax.legend(title="predicted gender")
 
@@ -378,8 +379,8 @@ def _speakers(ax, groups, colors, spread_of: str) -> None:
     ax.set_ylim(-0.7, len(shown) - 0.3)
     ax.set_xlabel("predicted age (years)")
     what = f"{total}" if total == len(shown) else f"{len(shown)} of {total}, by age"
-    noun = "windowed files" if spread_of == "their windows" else "speakers"
-    ax.set_title(f"Age per {noun[:-1]} ({what} {noun}) and the spread of {spread_of}")
+    noun = "windowed file" if spread_of == "their windows" else "speaker"
+    ax.set_title(f"Age per {noun} ({what}): pooled, and {spread_of}")
     ax.grid(axis="x", alpha=0.3)
 
 
