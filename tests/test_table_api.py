@@ -191,3 +191,37 @@ def test_real_speech_default_detector(clf, speechocean, tiny_checkpoint, tmp_pat
     api = clf.predict_table(inputs, segments=True, speakers=spk)
     _assert_same(cli, api)
     assert (cli["speech"][cli["path"] == files[1]].astype(float) > 0).all()
+
+
+def test_docs_python_examples(clf, corpus, tmp_path):
+    """docs/python.md's examples, on the tiny model and synthetic files."""
+    d, f = corpus
+    pred = clf.predict_file(f["a"], vad=None)
+    probs = dict(zip(pred.labels, pred.gender_probs[0].tolist()))
+    assert set(probs) == set(LABELS) and pred.to_records()[0]["gender"] == pred.gender[0]
+
+    result = clf.analyse(f["long"], vad=None, max_whole=2, window=2)
+    assert result.speech_spans is None and result.spans[0].windows == [(0.0, 2.0),
+                                                                        (2.0, 5.0)]
+    result = clf.predict_segments(f["long"], [(0.0, 2.0, "A"), (2.0, 3.5, "B"),
+                                              (3.5, 5.0, "A")], vad=None)
+    assert [s.speaker for s in result.spans] == ["A", "B", "A"]
+    assert set(result.speakers()) == {"A", "B"}
+    pyannote = pytest.importorskip("pyannote.core")
+    diarization = pyannote.Annotation()
+    diarization[pyannote.Segment(0.0, 2.0)] = "A"
+    diarization[pyannote.Segment(2.0, 5.0)] = "B"
+    assert len(clf.predict_segments(f["long"], diarization, vad=None).spans) == 2
+
+    spk = tmp_path / "utt2spk"
+    spk.write_text("a s1\nb s1\nc s2\n")
+    table = clf.predict_table([d / "s1", d / "s2"], speakers=spk, vad=None)
+    files = table[table["speaker"].isna() & table["start"].isna()]
+    speakers = table[table["path"].isna()]
+    assert files["path"].tolist() == [f["a"], f["b"], f["c"]]
+    assert speakers["speaker"].tolist() == ["s1", "s2"]
+    truth = pd.DataFrame({"age": [34, 61]}, index=pd.Index([f["a"], f["c"]], name="file"))
+    joined = files.join(truth.add_suffix("_true"), on="file")
+    mae = (joined["age"] - joined["age_true"]).abs().mean()
+    assert mae == pytest.approx(np.mean([abs(files["age"].iloc[0] - 34),
+                                         abs(files["age"].iloc[2] - 61)]))
