@@ -163,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true", help="print JSON")
     i.add_argument("--trust-remote-code", action="store_true", help=argparse.SUPPRESS)
     i.set_defaults(func=cmd_info)
+    _add_report_commands(sub)
     return parser
 
 
@@ -540,6 +541,101 @@ class _progress:
     def __exit__(self, *exc):
         if self.bar is not None:
             self.bar.close()
+
+
+# ---------------------------------------------------------------------------- check, plot
+def _add_report_commands(sub) -> None:
+    """The ``check`` and ``plot`` subcommands."""
+    k = sub.add_parser(
+        "check", help="does the model load strictly and reproduce audEERING's numbers?",
+        description="Load the model through the normal path (strict: every tensor lands) "
+                    "and, for the published 6-layer model, compare its outputs on audEERING's "
+                    "test signal with their published numbers (tolerance 1e-3). Exit status "
+                    "0 when all holds, 1 when loading fails or a number differs.")
+    k.add_argument("--source", default="audeering/wav2vec2-large-robust-6-ft-age-gender",
+                   help="model: hub id or folder (default: %(default)s, the model audEERING "
+                        "published numbers for)")
+    k.add_argument("--published", action="store_true",
+                   help="compare with the published numbers whatever the source's name (a "
+                        "copy of the 6-layer model under another name)")
+    k.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    k.add_argument("--trust-remote-code", action="store_true", help=argparse.SUPPRESS)
+    k.set_defaults(func=cmd_check)
+
+    g = sub.add_parser(
+        "plot", help="a corpus report (PNG, PDF, SVG) from a table agegender predict wrote",
+        description="Draw the age distribution per predicted gender, per-speaker ages with "
+                    "the spread of their windows or turns, and with --truth the predicted "
+                    "against the true age and the gender confusion matrix (MAE, UAR). "
+                    "Needs matplotlib (the 'plots' extra).")
+    g.add_argument("table", help="CSV or JSONL table written by agegender predict")
+    g.add_argument("--output", "-o", required=True, help="image file (.png, .pdf, .svg)")
+    g.add_argument("--truth", metavar="CSV",
+                   help="true labels: a 'path' or 'speaker' column and 'age' and/or 'gender'")
+    g.add_argument("--speakers", metavar="FILE",
+                   help="the --speakers file the table was made with: draws the spread of "
+                        "each speaker's files")
+    g.add_argument("--title", help="title of the report (default: the table's name)")
+    g.set_defaults(func=cmd_plot)
+
+
+def cmd_check(args) -> int:
+    from .check import PUBLISHED_SOURCE, TOLERANCE, check_published, has_published_numbers
+
+    try:
+        clf = _load(args.source, args.device, trust_remote_code=args.trust_remote_code)
+    except ImportError as err:
+        _error("check", err)
+        return 2
+    except _load_errors() as err:
+        print(f"{PROG} check: {args.source}: does not load: {err}")
+        return 1
+    n = sum(p.numel() for p in clf.mods.model.parameters())
+    loaded = f"loads strictly ({n:,} parameters, every tensor of the checkpoint in place)"
+    if not (args.published or has_published_numbers(args.source)):
+        print(f"{PROG} check: {args.source}: {loaded}; no published numbers exist for this "
+              f"model (audEERING published them for {PUBLISHED_SOURCE} only), so only strict "
+              "loading was checked")
+        return 0
+    checks = check_published(clf)
+    worst = max(c.difference for c in checks)
+    if all(c.ok for c in checks):
+        print(f"{PROG} check: {args.source}: {loaded} and reproduces audEERING's published "
+              f"numbers (age output, gender logits, hidden states; largest difference "
+              f"{worst:.1e}, tolerance {TOLERANCE:g})")
+        return 0
+    bad = [c for c in checks if not c.ok]
+    print(f"{PROG} check: {args.source}: {loaded} but differs from audEERING's published "
+          f"numbers in {len(bad)} of {len(checks)} checks (tolerance {TOLERANCE:g}):")
+    for c in bad:
+        print(f"  {c.what}: expected {_numbers(c.expected)}, got {_numbers(c.got)} "
+              f"(largest difference {c.difference:.2g})")
+    return 1
+
+
+def _numbers(values) -> str:
+    return "[" + ", ".join(v if isinstance(v, str) else f"{v:.7g}" for v in values) + "]"
+
+
+def cmd_plot(args) -> int:
+    try:
+        from .plot import PlotError, plot_report
+    except ImportError as err:  # pragma: no cover - the module itself needs no extra
+        _error("plot", err)
+        return 2
+    try:
+        report = plot_report(args.table, args.output, truth=args.truth,
+                             speakers=args.speakers, title=args.title)
+    except ImportError as err:  # matplotlib missing
+        _error("plot", err)
+        return 2
+    except (PlotError, OSError) as err:
+        _error("plot", err)
+        return 2
+    print(f"wrote {report.output}")
+    for line in report.summary_lines():
+        print(line)
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

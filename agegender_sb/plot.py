@@ -1,0 +1,505 @@
+"""A corpus report from a table ``agegender predict`` wrote: ``agegender plot``.
+
+Panels:
+
+1. the predicted age distribution per predicted gender, over the table's voices: one per
+   file, or, for a file analysed in speaker turns, one per speaker of the file;
+2. per-speaker ages (speaker rows of ``--speakers``, or the speakers of turns) with the
+   spread of the rows under them: turns of a turn speaker, files of a ``--speakers``
+   speaker when the speaker file is given; without speakers, the windows of windowed files;
+3. with a truth table (a ``path`` or ``speaker`` column and ``age`` and/or ``gender``
+   columns), the predicted against the true age with the identity line, and
+4. the gender confusion matrix, with MAE, accuracy and UAR from
+   :class:`agegender_sb.metrics.AgeGenderStats` (the training recipe's metric code).
+
+matplotlib is optional (``pip install "agegender_sb[plots]"``); the table is read with
+:func:`agegender_sb.tables.read_table` (no pandas needed).
+
+Example
+-------
+>>> rows = [{"path": "a.wav", "speaker": None, "start": None, "age": 30.0, "gender": "male"},
+...         {"path": "a.wav", "speaker": None, "start": 0.0, "age": 28.0, "gender": "male"},
+...         {"path": None, "speaker": "s1", "start": None, "age": 30.0, "gender": "male"}]
+>>> [row_kind(r) for r in rows]
+['file', 'segment', 'speaker']
+>>> truth_gender("F", ("female", "male", "child"), "truth.csv", 2)
+'female'
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["PlotError", "Report", "AGE_BANDS", "read_predictions", "row_kind", "voices",
+           "read_truth", "truth_gender", "match_truth", "score", "plot_report"]
+
+#: Upper edges (years) of the age bands of the per-band MAE (as ``hparams/train.yaml``).
+AGE_BANDS = (15, 30, 45, 60)
+#: Most speakers drawn in the per-speaker panel.
+MAX_SPEAKERS = 40
+
+
+class PlotError(ValueError):
+    """A table or truth file that cannot be drawn from (the message names the file)."""
+
+
+# ---------------------------------------------------------------------------- reading
+def _labels_from_header(path: Path) -> tuple[tuple[str, ...], str]:
+    """Gender labels (the columns between ``age`` and ``gender``) and the table's format."""
+    from .tables import guess_format
+
+    fmt = guess_format(path)
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
+            first = fh.readline()
+    except OSError as err:
+        raise PlotError(f"{path}: cannot read the table ({err})") from err
+    if fmt == "csv":
+        names = next(csv.reader([first]), [])
+    else:
+        try:
+            names = list(json.loads(first)) if first.strip() else []
+        except ValueError as err:
+            raise PlotError(f"{path}: line 1 is not JSON ({err})") from err
+    if "age" not in names or "gender" not in names or names.index("gender") < names.index(
+            "age"):
+        raise PlotError(f"{path}: not a table written by agegender predict (columns: "
+                        f"{names[:12]})")
+    return tuple(names[names.index("age") + 1:names.index("gender")]), fmt
+
+
+def read_predictions(table: str | os.PathLike) -> tuple[list[dict], tuple[str, ...]]:
+    """The rows of a table ``agegender predict`` wrote and its gender labels.
+
+    Raises
+    ------
+    PlotError
+        Naming the file: unreadable, not such a table, or without any row.
+    """
+    from .tables import TableError, read_table
+
+    path = Path(table)
+    labels, fmt = _labels_from_header(path)
+    try:
+        rows = read_table(path, labels, fmt)
+    except TableError as err:
+        raise PlotError(str(err)) from err
+    if not rows:
+        raise PlotError(f"{path}: the table has no rows")
+    return rows, labels
+
+
+def row_kind(row: dict) -> str:
+    """``file``, ``segment`` (a window or a turn), ``file-speaker`` (a speaker's turns in
+    one file pooled) or ``speaker`` (``--speakers``: pooled over files)."""
+    if row.get("path") is None:
+        return "speaker"
+    if row.get("start") is not None:
+        return "segment"
+    return "file-speaker" if row.get("speaker") is not None else "file"
+
+
+def _has_age(row: dict) -> bool:
+    return row.get("age") is not None and math.isfinite(row["age"])
+
+
+def voices(rows: list[dict]) -> list[dict]:
+    """One row per voice: file rows, except that a file analysed in speaker turns gives its
+    ``file-speaker`` rows instead (the file row mixes its speakers). Rows without an age
+    (failures, no speech) are left out."""
+    turn_files = {r["path"] for r in rows if row_kind(r) == "file-speaker"}
+    out = [r for r in rows if (row_kind(r) == "file" and r["path"] not in turn_files)
+           or row_kind(r) == "file-speaker"]
+    return [r for r in out if _has_age(r)]
+
+
+# ---------------------------------------------------------------------------- truth
+def truth_gender(value: str, labels, where: str, line: int) -> str | None:
+    """A truth table's gender value as one of ``labels``: the label itself (any case) or its
+    unique first letter (Kaldi's ``spk2gender`` writes ``m``/``f``); empty → None.
+
+    Raises
+    ------
+    PlotError
+        For a value that names no label.
+    """
+    text = (value or "").strip().lower()
+    if not text:
+        return None
+    for lab in labels:
+        if text == lab.lower():
+            return lab
+    initial = [lab for lab in labels if lab.lower().startswith(text)]
+    if len(text) == 1 and len(initial) == 1:
+        return initial[0]
+    raise PlotError(f"{where}, line {line}: gender {value!r} is none of the model's labels "
+                    f"({', '.join(labels)})")
+
+
+def read_truth(path: str | os.PathLike, labels) -> tuple[str, dict]:
+    """Read a truth CSV: ``(key column, {key: {"age": float or None, "gender": label or
+    None}})``. The key column is ``path`` when present, else ``speaker``.
+
+    Raises
+    ------
+    PlotError
+        Naming the file (and line): no key column, neither ``age`` nor ``gender``, an age
+        that is not a number, a gender that names no label.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise PlotError(f"{path}: cannot read the truth table ({err})") from err
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    names = reader.fieldnames or []
+    key = "path" if "path" in names else "speaker" if "speaker" in names else None
+    if key is None or not {"age", "gender"} & set(names):
+        raise PlotError(f"{path}: a truth table needs a 'path' or 'speaker' column and "
+                        f"'age' and/or 'gender' columns (columns: {names})")
+    out = {}
+    for line, row in enumerate(reader, start=2):
+        name = (row.get(key) or "").strip()
+        if not name:
+            continue
+        age = (row.get("age") or "").strip()
+        try:
+            age = float(age) if age else None
+        except ValueError:
+            raise PlotError(f"{path}, line {line}: age {age!r} is not a number") from None
+        out[name] = {"age": age, "gender": truth_gender(row.get("gender"), labels, str(path),
+                                                        line)}
+    if not out:
+        raise PlotError(f"{path}: the truth table has no rows")
+    return key, out
+
+
+def _file_keys(path: str, base: Path) -> list[str]:
+    p = Path(path)
+    keys = [path, p.name, p.stem]
+    try:
+        keys.insert(1, str(p.resolve()))
+    except OSError:
+        pass
+    return keys
+
+
+def match_truth(rows: list[dict], key: str, truth: dict, base: Path | None = None) -> list:
+    """``[(row, truth entry)]``: file rows by path (as written, resolved, file name or stem;
+    truth paths relative to ``base`` are resolved there), speaker rows by speaker id
+    (``--speakers`` rows, or turn speakers when the table has none)."""
+    if key == "path":
+        lookup = {}
+        for name, entry in truth.items():
+            lookup.setdefault(name, entry)
+            if base is not None and not Path(name).is_absolute():
+                lookup.setdefault(str((base / name).resolve()), entry)
+        pairs = []
+        for row in rows:
+            if row_kind(row) != "file":
+                continue
+            for k in _file_keys(row["path"], base or Path(".")):
+                if k in lookup:
+                    pairs.append((row, lookup[k]))
+                    break
+        return pairs
+    kind = "speaker" if any(row_kind(r) == "speaker" for r in rows) else "file-speaker"
+    return [(r, truth[r["speaker"]]) for r in rows
+            if row_kind(r) == kind and r["speaker"] in truth]
+
+
+def score(pairs: list, labels, band_edges=AGE_BANDS) -> dict:
+    """MAE (overall and per age band), accuracy, UAR and the confusion matrix of matched
+    ``(row, truth)`` pairs, by :class:`~agegender_sb.metrics.AgeGenderStats`: the
+    summary dict, plus ``pairs_age`` ``[(true, predicted)]`` for the scatter plot. Rows
+    without a prediction are left out (their count is ``n_without_prediction``).
+
+    Example
+    -------
+    >>> labels = ("female", "male")
+    >>> pairs = [({"age": 30.0, "gender": "male"}, {"age": 25.0, "gender": "male"}),
+    ...          ({"age": 50.0, "gender": "male"}, {"age": 40.0, "gender": "female"})]
+    >>> s = score(pairs, labels)
+    >>> s["mae"], s["acc"], s["uar"], s["confusion"]
+    (7.5, 0.5, 0.5, [[0, 1], [0, 1]])
+    """
+    import torch
+
+    from .metrics import AgeGenderStats
+
+    stats = AgeGenderStats(labels, band_edges)
+    scored = [(r, t) for r, t in pairs if _has_age(r)]
+    nan = float("nan")
+    pred_age = torch.tensor([r["age"] for r, _ in scored], dtype=torch.float64)
+    true_age = torch.tensor([t["age"] if t["age"] is not None else nan for _, t in scored],
+                            dtype=torch.float64)
+    pred_g = torch.tensor([labels.index(r["gender"]) for r, _ in scored], dtype=torch.long)
+    true_g = torch.tensor([labels.index(t["gender"]) if t["gender"] else -1
+                           for _, t in scored], dtype=torch.long)
+    if scored:
+        stats.append(pred_age, true_age, pred_g, true_g)
+    out = stats.summarize()
+    out.pop("loss")
+    out["pairs_age"] = [(t["age"], r["age"]) for r, t in scored if t["age"] is not None]
+    out["n_without_prediction"] = len(pairs) - len(scored)
+    out["labels"] = list(labels)
+    return out
+
+
+# ---------------------------------------------------------------------------- drawing
+@dataclass
+class Report:
+    """What :func:`plot_report` drew: the image, counts, and the metrics with truth."""
+
+    output: Path
+    n_voices: int
+    n_speakers: int
+    metrics: dict | None = None
+    truth_key: str | None = None
+    n_matched: int = 0
+    notes: list = field(default_factory=list)
+
+    def summary_lines(self) -> list[str]:
+        """The lines ``agegender plot`` prints."""
+        lines = [f"{self.n_voices} voice(s), {self.n_speakers} speaker(s) drawn"]
+        m = self.metrics
+        if m is not None:
+            lines.append(f"truth ({self.truth_key}): {self.n_matched} row(s) matched")
+            if m["n_age"]:
+                bands = ", ".join(f"{k}: {v:.2f} ({m['n_per_band'][k]})"
+                                  for k, v in m["mae_per_band"].items() if m["n_per_band"][k])
+                lines.append(f"age MAE {m['mae']:.2f} years over {m['n_age']} (per band: "
+                             f"{bands})")
+            if m["n_gender"]:
+                lines.append(f"gender accuracy {m['acc']:.3f}, UAR {m['uar']:.3f} over "
+                             f"{m['n_gender']}")
+        return lines + self.notes
+
+
+def _figure_class():
+    """matplotlib's ``Figure`` (drawn without pyplot: no backend is chosen or changed)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError('agegender plot needs matplotlib: pip install '
+                          '"agegender_sb[plots]"') from err
+    return Figure
+
+
+def _colors(labels):
+    base = {"female": "tab:red", "male": "tab:blue", "child": "tab:green"}
+    extra = iter(["tab:purple", "tab:orange", "tab:brown", "tab:gray", "tab:olive"])
+    return {lab: base.get(lab) or next(extra, "black") for lab in labels}
+
+
+def _age_distribution(ax, voice_rows, labels, colors) -> None:
+    ages = [r["age"] for r in voice_rows]
+    if not ages:
+        ax.text(0.5, 0.5, "no predicted ages in this table", ha="center", va="center",
+                transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    lo = int(math.floor(min(ages) / 5) * 5)
+    hi = max(int(math.ceil(max(ages) / 5) * 5), lo + 5)
+    if max(ages) >= hi:
+        hi += 5
+    bins = list(range(lo, hi + 1, 5))  # 5-year bins
+    groups = [[r["age"] for r in voice_rows if r["gender"] == lab] for lab in labels]
+    ax.hist(groups, bins=bins, stacked=True, color=[colors[lab] for lab in labels],
+            label=[f"{lab} ({len(g)})" for lab, g in zip(labels, groups)], edgecolor="white")
+    ax.set_xlabel("predicted age (years)")
+    ax.set_ylabel("voices (files, or speakers of a file's turns)")
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.set_title(f"Predicted age per predicted gender ({len(ages)} voices)")
+    ax.legend(title="predicted gender")
+
+
+def _speaker_groups(rows, spk_map) -> list[tuple[str, dict, list[float]]]:
+    """``(name, pooled row, [ages of the rows under it])`` per speaker (or windowed file)."""
+    groups = []
+    speaker_rows = [r for r in rows if row_kind(r) == "speaker" and _has_age(r)]
+    if speaker_rows:
+        files = [r for r in rows if row_kind(r) == "file" and _has_age(r)]
+        for r in speaker_rows:
+            under = [f["age"] for f in files
+                     if spk_map is not None and spk_map.speaker(f["path"]) == r["speaker"]]
+            groups.append((r["speaker"], r, under))
+        return groups
+    turn_rows = [r for r in rows if row_kind(r) == "file-speaker" and _has_age(r)]
+    multi = len({r["path"] for r in turn_rows}) > 1
+    for r in turn_rows:
+        under = [s["age"] for s in rows if row_kind(s) == "segment" and _has_age(s)
+                 and s["path"] == r["path"] and s["speaker"] == r["speaker"]]
+        name = f"{Path(r['path']).stem}: {r['speaker']}" if multi else r["speaker"]
+        groups.append((name, r, under))
+    if groups:
+        return groups
+    for r in rows:  # no speakers: windowed files
+        if row_kind(r) == "file" and _has_age(r):
+            under = [s["age"] for s in rows if row_kind(s) == "segment" and _has_age(s)
+                     and s["path"] == r["path"] and s["speaker"] is None]
+            if under:
+                groups.append((Path(r["path"]).name, r, under))
+    return groups
+
+
+def _speakers(ax, groups, colors, spread_of: str) -> None:
+    if not groups:
+        ax.text(0.5, 0.5, "no speakers or windows in this table\n(agegender predict "
+                "--speakers, speaker turns, or --segments)", ha="center", va="center",
+                transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    shown = sorted(groups, key=lambda g: g[1]["age"])
+    total = len(shown)
+    if total > MAX_SPEAKERS:  # evenly spaced over the age order
+        step = total / MAX_SPEAKERS
+        shown = [shown[int(i * step)] for i in range(MAX_SPEAKERS)]
+    for y, (_, row, under) in enumerate(shown):
+        if under:
+            ax.plot([min(under), max(under)], [y, y], color="0.6", lw=2, zorder=1)
+            ax.scatter(under, [y] * len(under), s=10, color="0.4", zorder=2)
+        ax.scatter([row["age"]], [y], s=45, color=colors.get(row["gender"], "black"),
+                   edgecolor="black", zorder=3)
+    from matplotlib.lines import Line2D
+
+    present = [lab for lab in colors if any(g[1]["gender"] == lab for g in shown)]
+    handles = [Line2D([], [], marker="o", ls="", color=colors[lab], markeredgecolor="black",
+                      label=f"pooled, {lab}") for lab in present]
+    handles.append(Line2D([], [], marker=".", color="0.4", label=spread_of))
+    ax.legend(handles=handles, loc="best", fontsize=8)
+    ax.set_yticks(range(len(shown)))
+    ax.set_yticklabels([g[0] for g in shown], fontsize=8 if len(shown) > 20 else 9)
+    ax.set_ylim(-0.7, len(shown) - 0.3)
+    ax.set_xlabel("predicted age (years)")
+    what = f"{total}" if total == len(shown) else f"{len(shown)} of {total}, by age"
+    noun = "windowed file" if spread_of == "their windows" else "speaker"
+    ax.set_title(f"Age per {noun} ({what}): pooled, and {spread_of}")
+    ax.grid(axis="x", alpha=0.3)
+
+
+def _age_scatter(ax, metrics) -> None:
+    pairs = metrics["pairs_age"]
+    if not pairs:
+        ax.text(0.5, 0.5, "no true ages matched", ha="center", va="center",
+                transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    true, pred = zip(*pairs)
+    lo, hi = min(min(true), min(pred)), max(max(true), max(pred))
+    pad = max(2.0, 0.05 * (hi - lo))
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.5", ls="--", lw=1,
+            label="predicted = true")
+    ax.scatter(true, pred, s=14, alpha=0.7, color="tab:blue")
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel("true age (years)")
+    ax.set_ylabel("predicted age (years)")
+    ax.set_title(f"Predicted vs true age: MAE {metrics['mae']:.2f} years (n={len(pairs)})")
+    ax.legend(loc="upper left")
+
+
+def _confusion(ax, metrics) -> None:
+    labels, cm = metrics["labels"], metrics["confusion"]
+    if not metrics["n_gender"]:
+        ax.text(0.5, 0.5, "no true genders matched", ha="center", va="center",
+                transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    rates = [[c / max(sum(row), 1) for c in row] for row in cm]
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i, row in enumerate(cm):
+        for j, c in enumerate(row):
+            text = f"{c}\n{rates[i][j]:.0%}" if sum(row) else "–"  # no such true label
+            ax.text(j, i, text, ha="center", va="center",
+                    color="white" if rates[i][j] > 0.5 else "black")
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels)
+    ax.set_yticks(range(len(labels)))
+    ax.set_yticklabels(labels)
+    ax.set_xlabel("predicted gender")
+    ax.set_ylabel("true gender (row: % of its voices)")
+    ax.set_title(f"Gender: accuracy {metrics['acc']:.3f}, UAR {metrics['uar']:.3f} "
+                 f"(n={metrics['n_gender']})")
+
+
+def plot_report(table: str | os.PathLike, output: str | os.PathLike, truth=None,
+                speakers=None, title: str | None = None, dpi: int = 110) -> Report:
+    """Draw the corpus report of ``table`` into ``output`` (format from its suffix).
+
+    Parameters
+    ----------
+    table : str or PathLike
+        A CSV or JSONL table written by ``agegender predict``.
+    output : str or PathLike
+        Image file: ``.png``, ``.pdf``, ``.svg``, ...
+    truth : str or PathLike, optional
+        CSV with a ``path`` or ``speaker`` column and ``age`` and/or ``gender`` columns:
+        adds the age scatter, the confusion matrix and the metrics.
+    speakers : str or PathLike, optional
+        The ``--speakers`` file the table was made with: the spread of each speaker's files.
+    title : str, optional
+        Figure title (default: the table's file name).
+
+    Returns
+    -------
+    Report
+        The output path, counts, and the metrics of :func:`score` with a truth table.
+
+    Raises
+    ------
+    ImportError
+        Without matplotlib.
+    PlotError
+        For a table or truth file that cannot be used (naming the file).
+    """
+    Figure = _figure_class()
+    from .inputs import InputError, read_speakers
+
+    rows, labels = read_predictions(table)
+    spk_map = None
+    if speakers is not None:
+        try:
+            spk_map = read_speakers(speakers)
+        except InputError as err:
+            raise PlotError(str(err)) from err
+    voice_rows = voices(rows)
+    groups = _speaker_groups(rows, spk_map)
+    kinds = {row_kind(r) for r in rows}
+    spread_of = ("their files" if "speaker" in kinds else
+                 "their turns" if "file-speaker" in kinds else "their windows")
+    report = Report(Path(output), len(voice_rows), len(groups))
+    if "speaker" in kinds and spk_map is None:
+        report.notes.append("note: speaker rows drawn without the spread of their files "
+                            "(give the --speakers file to draw it)")
+    metrics = None
+    if truth is not None:
+        key, entries = read_truth(truth, labels)
+        pairs = match_truth(rows, key, entries, Path(truth).resolve().parent)
+        if not pairs:
+            raise PlotError(f"{truth}: no {key} of the truth table matches a row of {table}")
+        metrics = score(pairs, labels)
+        report.metrics, report.truth_key, report.n_matched = metrics, key, len(pairs)
+
+    colors = _colors(labels)
+    n_rows = 2 if metrics is not None else 1
+    height = max(4.8, 0.22 * min(len(groups), MAX_SPEAKERS) + 1.5)
+    fig = Figure(figsize=(13, height + (5.2 if metrics else 0)), layout="constrained")
+    axes = fig.subplots(n_rows, 2, squeeze=False,
+                        gridspec_kw={"height_ratios": [height, 5.2][:n_rows]})
+    _age_distribution(axes[0][0], voice_rows, labels, colors)
+    _speakers(axes[0][1], groups, colors, spread_of)
+    if metrics is not None:
+        _age_scatter(axes[1][0], metrics)
+        _confusion(axes[1][1], metrics)
+    fig.suptitle(title or f"agegender report: {Path(table).name}", fontsize=14)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=dpi)
+    return report
