@@ -329,8 +329,12 @@ class AgeGenderClassifier(EncoderClassifier):
         -------
         pandas.DataFrame
             The table's columns, indexed by ``file``, ``start``, ``end`` (audformat's
-            segmented index: ``pd.Timedelta``; a row covering a whole file has start 0 and
-            end ``NaT``, as audformat writes filewise rows).
+            segmented index: ``pd.Timedelta``): a file's row has start 0 and end ``NaT`` (the
+            whole file, as audformat writes filewise rows); a window or turn row its times; a
+            speaker's row within a file the span from its first turn to its last; a
+            ``speakers`` row, which belongs to no one file, an empty ``file``. The index is
+            unique within each kind of row (select one by ``start``/``speaker`` before
+            joining: a speaker with one turn has the same span as that turn).
         """
         try:
             import pandas as pd
@@ -358,15 +362,14 @@ class AgeGenderClassifier(EncoderClassifier):
         if spk_map is not None:
             rows += speaker_rows(spk_map, [p for p, _ in items], results, self.labels)
         cols = columns(self.labels)
+        spans = [r.get("_span") or (r.get("start") or 0.0, r.get("end")) for r in rows]
         if not precise:
             rows = [format_record(r, self.labels) for r in rows]
         frame = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
         index = pd.MultiIndex.from_arrays([
             frame["path"].tolist(),
-            pd.to_timedelta([0.0 if s is None or s != s else s for s in frame["start"]],
-                            unit="s"),
-            pd.to_timedelta([e if e is not None else float("nan") for e in frame["end"]],
-                            unit="s"),
+            pd.to_timedelta([s for s, _ in spans], unit="s"),
+            pd.to_timedelta([float("nan") if e is None else e for _, e in spans], unit="s"),
         ], names=["file", "start", "end"])
         return frame.set_index(index)
 

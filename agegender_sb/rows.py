@@ -54,8 +54,11 @@ def file_rows(path: str, result: FileResult, segments: bool = False) -> list[dic
     if turns:
         for speaker, pooled in result.speakers().items():
             total = sum(s.duration for s in result.spans if s.speaker == speaker)
+            # "_span" (not a column): from its first turn's start to its last turn's end,
+            # the row's place in predict_table's segmented index
             rows.append({"path": path, "speaker": speaker, "duration": total,
-                         "speech": pooled.speech, **_values(pooled)})
+                         "speech": pooled.speech, "_span": (pooled.start, pooled.end),
+                         **_values(pooled)})
     own = {"path": path, "duration": result.duration, "speech": result.speech}
     if result.prediction is None:
         own["error"] = result.error or NO_SPEECH

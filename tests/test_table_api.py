@@ -88,16 +88,40 @@ def _assert_same(cli: pd.DataFrame, api: pd.DataFrame) -> None:
                 assert float(value) == float(text), f"{where}: CLI {text}, API {value!r}"
             else:
                 assert value == text, f"{where}: CLI {text!r}, API {value!r}"
+    starts = [float(x) if x else 0.0 for x in cli["start"]]
+    ends = [float(x) if x else float("nan") for x in cli["end"]]
+    for i in range(len(cli)):  # a speaker's row within a file: its turns' span
+        path, speaker = cli["path"].iloc[i], cli["speaker"].iloc[i]
+        if path and speaker and not cli["start"].iloc[i]:
+            turns = cli[(cli["path"] == path) & (cli["speaker"] == speaker)
+                        & (cli["start"] != "")]
+            if len(turns):
+                starts[i] = min(float(x) for x in turns["start"])
+                ends[i] = max(float(x) for x in turns["end"])
+            else:  # without --segments the turns are not in the table: check the shape only
+                starts[i], ends[i] = api.index[i][1].total_seconds(), None
     expected = pd.MultiIndex.from_arrays([
         [p if p != "" else None for p in cli["path"]],
-        pd.to_timedelta([float(s) if s else 0.0 for s in cli["start"]], unit="s"),
-        pd.to_timedelta([float(e) if e else float("nan") for e in cli["end"]], unit="s"),
+        pd.to_timedelta(starts, unit="s"),
+        pd.to_timedelta([float("nan") if e is None else e for e in ends], unit="s"),
     ], names=["file", "start", "end"])
     assert list(api.index.names) == ["file", "start", "end"]
-    for got, want in zip(api.index, expected):
+    for i, (got, want) in enumerate(zip(api.index, expected)):
         assert (_empty(want[0]) and _empty(got[0])) or got[0] == want[0]  # speaker rows
         assert got[1] == want[1]
-        assert (pd.isna(got[2]) and pd.isna(want[2])) or got[2] == want[2]
+        if ends[i] is None:
+            assert not pd.isna(got[2]) and got[2] > got[1]
+        else:
+            assert (pd.isna(got[2]) and pd.isna(want[2])) or got[2] == want[2]
+    # within each kind of row (file rows, window/turn rows, a file's speaker rows) the index
+    # is unique, as audformat's segmented index is; kinds are told apart by the columns
+    has_file = [not _empty(f) for f in api.index.get_level_values("file")]
+    segment = [not _empty(x) for x in api["start"]]
+    speaker = [not _empty(x) for x in api["speaker"]]
+    for kind in ((True, False, False), (True, True, False), (True, True, True),
+                 (True, False, True)):
+        rows = api[[(f, s, k) == kind for f, s, k in zip(has_file, segment, speaker)]]
+        assert rows.index.is_unique, kind
     for level in ("start", "end"):  # timedelta64 (pandas 3 infers [us], pandas 2 [ns])
         assert api.index.get_level_values(level).dtype.kind == "m"
 
