@@ -84,7 +84,6 @@ def _load(path_name: str, args):
         return time.perf_counter() - start, lambda files: [predict_one(f) for f in files]
 
     from agegender_sb import AgeGenderClassifier
-    from agegender_sb.windows import analyse_files
 
     kwargs = {}
     if path_name == "onnx":
@@ -102,9 +101,11 @@ def _load(path_name: str, args):
             clf.mods.model, {torch.nn.Linear}, dtype=torch.qint8)
     batch_size = args.batch_size if path_name == "package-batched" else 1
 
+    analyzer = clf.analyzer(vad=None, batch_size=batch_size)  # every sample, as the reference
+
     def predict(files):
         out = []
-        for _, res in analyse_files(clf, files, batch_size=batch_size):
+        for _, res in analyzer.analyse_many(files):
             if isinstance(res, Exception):
                 raise res
             p = res.prediction
