@@ -187,7 +187,8 @@ class FastFeedForward(w2v.Wav2Vec2FeedForward):
 
     def _fusable(self, x: torch.Tensor) -> bool:
         return (_is_exact_gelu(self.intermediate_act_fn)
-                and isinstance(self.intermediate_dense, torch.nn.Linear)
+                and isinstance(self.intermediate_dense,  # modules returning a fresh tensor
+                               (torch.nn.Linear, torch.ao.nn.quantized.dynamic.Linear))
                 and _inference_fp32_cpu(x, self))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
