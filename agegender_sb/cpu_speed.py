@@ -114,6 +114,13 @@ class FastFeatureEncoder(w2v.Wav2Vec2FeatureEncoder):
                 n_out = (sig.shape[1] - k) // s + 1
                 frames = sig.as_strided((sig.shape[0], n_out, k), (sig.stride(0), s, 1))
                 x = F.linear(frames, w, conv.bias)  # [B, T', C]
+            elif getattr(layer, "int8_frames", None) is not None:  # enable_fast_path int8-cnn
+                # [B, T, C] contiguous: the k rows of one output frame are k*C contiguous
+                # values, so the frames are a strided view [B, T', k*C] (no copy)
+                n_out = (x.shape[1] - k) // s + 1
+                c = x.shape[2]
+                frames = x.as_strided((x.shape[0], n_out, k * c), (x.stride(0), s * c, 1))
+                x = layer.int8_frames(frames)
             else:  # [B, T, C] contiguous == NHWC [B, 1, T, C] for a [B, C, 1, T] tensor
                 nchw = x.transpose(1, 2).unsqueeze(2)
                 y = F.conv2d(nchw, w, conv.bias, stride=(1, s))
@@ -223,17 +230,20 @@ def use_fast_cpu_modules(module: torch.nn.Module, enabled: bool = True) -> torch
     return module
 
 
-FAST_PATHS = ("int8",)
+FAST_PATHS = ("int8", "int8-cnn")
 
 
 def enable_fast_path(model: torch.nn.Module, kind: str = "int8") -> torch.nn.Module:
     """Opt-in approximate CPU inference: the transformer's matrix products in int8.
 
     ``kind="int8"``: every ``nn.Linear`` of the wav2vec2 transformer encoder (attention
-    projections and feed-forward; 90 % of the model's arithmetic) becomes PyTorch's dynamic
+    projections and feed-forward; 80 % of the model's arithmetic) becomes PyTorch's dynamic
     int8 Linear (fbgemm: int8 weights quantised once per output channel, activations per call,
     int32 accumulation, VNNI where the CPU has it). The convolutional feature encoder, the
-    positional convolution, layer norms, softmax, pooling and both heads stay float32. Results
+    positional convolution, layer norms, softmax, pooling and both heads stay float32.
+    ``kind="int8-cnn"``: also the feature encoder's six multi-channel convolutions (another
+    15 % of the arithmetic), as int8 matrix products over strided frames; the int8 twins are
+    extra modules (not in ``state_dict``), the float32 weights stay. Results
     are *not* the reference's: ``benchmarks/fast_path_fidelity.py`` measures how far they move
     (README / ``benchmarks/RESULTS.md``). In place; returns ``model`` (e.g. an
     :class:`~agegender_sb.model.AgeGenderModel` or ``clf.mods.model``). CPU inference only.
@@ -278,5 +288,32 @@ def enable_fast_path(model: torch.nn.Module, kind: str = "int8") -> torch.nn.Mod
             warnings.simplefilter("ignore")
             quantize_dynamic(encoder, {torch.nn.Linear: per_channel_dynamic_qconfig},
                              dtype=torch.qint8, inplace=True)
+    if kind == "int8-cnn":
+        for fe in model.modules():
+            if isinstance(fe, FastFeatureEncoder) and fe._supported():
+                _quantize_cnn(fe)
     model.eval()
     return model
+
+
+def _quantize_cnn(encoder: FastFeatureEncoder) -> None:
+    """Give the feature encoder's multi-channel convolutions an int8 twin: a dynamic int8
+    Linear over frames of ``kernel * channels`` values (weights reordered to match)."""
+    from torch.ao.nn.quantized.dynamic import Linear as QLinear
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    for layer in encoder.conv_layers:
+        conv = layer.conv
+        out_c, in_c, k = conv.weight.shape
+        if in_c == 1:
+            continue  # the first convolution: tiny, memory-bound
+        lin = torch.nn.Linear(k * in_c, out_c, bias=conv.bias is not None)
+        with torch.no_grad():
+            lin.weight.copy_(conv.weight.permute(0, 2, 1).reshape(out_c, k * in_c))
+            if conv.bias is not None:
+                lin.bias.copy_(conv.bias)
+        lin.qconfig = per_channel_dynamic_qconfig
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # kept out of the module tree (and so out of state_dict and .to())
+            layer.__dict__["int8_frames"] = QLinear.from_float(lin)

@@ -148,3 +148,22 @@ def test_fast_path_rejects_bad_requests():
         enable_fast_path(fast, "fp4")
     with pytest.raises(ValueError, match="no wav2vec2 transformer encoder"):
         enable_fast_path(torch.nn.Linear(3, 3))
+
+
+def test_int8_cnn_quantises_the_strided_convolutions():
+    fast, plain = _pair(conv_dim=[64] * 7)
+    n_keys = len(fast.state_dict())
+    enable_fast_path(fast, "int8-cnn")
+    layers = fast.model.feature_extractor.conv_layers
+    assert "int8_frames" not in layers[0].__dict__  # the 1-channel first convolution stays
+    assert all(isinstance(layer.__dict__["int8_frames"], torch.ao.nn.quantized.dynamic.Linear)
+               for layer in layers[1:])
+    other = _pair(conv_dim=[64] * 7)[0]
+    enable_fast_path(other, "int8")
+    assert len(fast.state_dict()) == len(other.state_dict()) != n_keys  # no extra tensors
+    wavs, lens = _batch()
+    with torch.inference_mode():
+        ref = plain.model.feature_extractor(wavs)
+        out = fast.model.feature_extractor(wavs)
+    # int8 rounding moves it by a few per cent; a wrong frame/weight order by about 100 %
+    assert 0 < (out - ref).norm() < 0.1 * ref.norm()
