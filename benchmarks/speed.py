@@ -68,6 +68,21 @@ LABELS = {"reference": "model card's reference", "package": "**package (default,
           "onnx-int8": "ONNX Runtime int8", "package-batched": "package, batched"}
 
 
+def cpu_name() -> str:
+    """The CPU's model name and the instruction sets that matter here (Linux), else the
+    platform's name."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                 if line.startswith("model name")), platform.machine())
+    flags = next((set(line.split(":", 1)[1].split()) for line in info.splitlines()
+                  if line.startswith("flags")), set())
+    have = [f for f in ("avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name} ({', '.join(have) or 'no AVX-512'})"
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -368,7 +383,7 @@ def table(args, files, results) -> str:
     ref_walls = np.array(results["reference"]["walls"])
     total_audio = sum(d for _, d in files)
     lines = [
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Machine: {cpu_name()}, {os.cpu_count()} CPUs, "
         f"torch threads {args.threads}; device {args.device}, package precision "
         f"{args.precision}; checkpoint {Path(args.checkpoint).name}; {len(files)} files, "
         f"{total_audio:.1f} s of audio, {args.rounds} interleaved rounds; one file at a time "
