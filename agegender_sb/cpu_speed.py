@@ -251,7 +251,8 @@ def enable_fast_path(model: torch.nn.Module, kind: str = "int8") -> torch.nn.Mod
     Raises
     ------
     ValueError
-        An unknown ``kind``, or a model without a wav2vec2 transformer encoder.
+        An unknown ``kind``, a model without a wav2vec2 transformer encoder, or one that is
+        not on the CPU.
     RuntimeError
         A torch build without an int8 CPU engine.
 
@@ -273,6 +274,9 @@ def enable_fast_path(model: torch.nn.Module, kind: str = "int8") -> torch.nn.Mod
                 if isinstance(m, (w2v.Wav2Vec2Encoder, w2v.Wav2Vec2EncoderStableLayerNorm))]
     if not encoders:
         raise ValueError(f"{type(model).__name__} holds no wav2vec2 transformer encoder")
+    devices = {p.device.type for p in model.parameters()}
+    if devices - {"cpu"}:
+        raise ValueError(f"the int8 fast paths run on the CPU; the model is on {devices}")
     if torch.backends.quantized.engine in (None, "none"):
         raise RuntimeError("this torch build has no int8 CPU engine "
                            f"(engines: {torch.backends.quantized.supported_engines})")

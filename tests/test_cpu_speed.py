@@ -148,6 +148,8 @@ def test_fast_path_rejects_bad_requests():
         enable_fast_path(fast, "fp4")
     with pytest.raises(ValueError, match="no wav2vec2 transformer encoder"):
         enable_fast_path(torch.nn.Linear(3, 3))
+    with pytest.raises(ValueError, match="run on the CPU"):
+        enable_fast_path(fast.to("meta"))
 
 
 def test_int8_cnn_quantises_the_strided_convolutions():
