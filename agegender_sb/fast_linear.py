@@ -67,8 +67,13 @@ def use_onednn_linear(module: torch.nn.Module, enabled: bool = True) -> torch.nn
     """Turn every plain ``nn.Linear`` in ``module`` into :class:`OneDNNLinear` (in place).
 
     With ``enabled=False``, turn them back into plain ``nn.Linear`` (before ONNX export or
-    ``torch.ao.quantization.quantize_dynamic``, which match the exact class).
+    ``torch.ao.quantization.quantize_dynamic``, which match the exact class), and the
+    channels-last CPU modules of :mod:`agegender_sb.cpu_speed` back into transformers' own.
     """
+    if not enabled:
+        from .cpu_speed import use_fast_cpu_modules
+
+        use_fast_cpu_modules(module, enabled=False)
     for sub in module.modules():
         if enabled and type(sub) is torch.nn.Linear:
             sub.__class__ = OneDNNLinear

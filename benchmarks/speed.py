@@ -1,23 +1,31 @@
-"""Speed and memory of this package against the model card's reference, in one run.
+"""Speed and memory of this package against the model card's reference: one command, one
+run, interleaved.
 
-Each path runs in its own subprocess (clean peak RSS), on the same checkpoint and the same
-audio, one file at a time:
+Each path runs in its own subprocess (its own peak RSS) that loads its model once and then
+serves files on request; the driver sends every file to every path in turn (rotating the
+order per file), for ``--rounds`` passes over the files. So all paths see the same machine
+load (other jobs on shared cores), and each round gives a ratio to the reference; the table
+shows the median ratio and its spread over rounds. Paths, on the same checkpoint and audio,
+one file at a time:
 
 1. ``reference``: the model card's loop (transformers model + ``Wav2Vec2FeatureExtractor``,
    ``tests/reference.py``), file read with soundfile;
-2. ``package``: ``AgeGenderClassifier.predict_file``'s path (this package's default), and,
-   on request, ``package-batched``: the same in length-sorted batches of ``--batch-size``
-   (for GPUs);
-3. ``onnx``: ``AgeGenderClassifier(..., backend="onnx")`` (ONNX Runtime, fp32);
-4. ``onnx-int8``: the same graph with int8 dynamic quantisation of its MatMul weights
+2. ``package``: ``AgeGenderClassifier.predict_file(path, vad=None)`` (the default float32
+   path, every sample analysed as the reference does);
+3. ``package-int8`` and ``package-int8-cnn``: the same after
+   ``agegender_sb.cpu_speed.enable_fast_path(model, "int8" or "int8-cnn")`` (opt-in,
+   approximate);
+4. ``onnx``: ``AgeGenderClassifier(..., backend="onnx")`` (ONNX Runtime, fp32);
+5. ``onnx-int8``: the same graph with int8 dynamic quantisation of its MatMul weights
    (``agegender_sb.onnx_export.quantize_onnx_dynamic``);
-5. ``torch-int8``: ``torch.ao.quantization.quantize_dynamic`` on the package's Linear layers.
+6. on request ``package-batched``: ``predict_batch`` on length-sorted batches of
+   ``--batch-size`` (for GPUs); ``--precision`` sets the package paths' autocast.
 
-For each: audio seconds per wall second, real-time factor, speed-up over the reference, peak
-RSS, model load time, and the largest absolute difference from the reference's outputs
-(age output, gender probabilities, embedding). With ``--long``, also the long-file scaling of
-the windowed long-file path (1-minute vs N-minute file) and the reference's growth with
-length.
+For each: audio seconds per wall second, real-time factor, speed-up over the reference (median
+of the per-round ratios, with min-max), peak RSS, model load time, and the largest absolute
+difference from the reference's outputs (age output, gender probabilities, embedding). With
+``--long``, also the long-file scaling of the windowed long-file path (1-minute vs N-minute
+file) and the reference's growth with length.
 
 Without ``--checkpoint`` a full-size 24-layer checkpoint with random weights is built in
 audEERING's layout (speed does not depend on the weight values). Audio: ``--audio DIR``
@@ -26,9 +34,10 @@ generated noise).
 
 Usage::
 
-    python benchmarks/speed.py --max-files 20 --long --output results.md      # CPU
+    python benchmarks/speed.py --output benchmarks/RESULTS.md          # CPU, the README table
+    python benchmarks/speed.py --max-files 20 --rounds 3 --threads 1 --long
     python benchmarks/speed.py --device cuda --paths reference package package-batched \
-        --precision bf16 --max-files 160                                      # GPU
+        --precision bf16 --max-files 160                               # GPU
 """
 
 from __future__ import annotations
@@ -49,9 +58,29 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-PATHS = ("reference", "package", "package-batched", "onnx", "onnx-int8", "torch-int8")
-DEFAULT_PATHS = ("reference", "package", "onnx", "onnx-int8", "torch-int8")
+PATHS = ("reference", "package", "package-int8", "package-int8-cnn", "package-batched", "onnx",
+         "onnx-int8")
+DEFAULT_PATHS = ("reference", "package", "package-int8", "package-int8-cnn", "onnx", "onnx-int8")
 AUDIO_EXT = (".wav", ".flac", ".ogg")
+LABELS = {"reference": "model card's reference", "package": "**package (default, fp32)**",
+          "package-int8": "package, fast path `int8` (opt-in)",
+          "package-int8-cnn": "package, fast path `int8-cnn` (opt-in)", "onnx": "ONNX Runtime fp32",
+          "onnx-int8": "ONNX Runtime int8", "package-batched": "package, batched"}
+
+
+def cpu_name() -> str:
+    """The CPU's model name and the instruction sets that matter here (Linux), else the
+    platform's name."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                 if line.startswith("model name")), platform.machine())
+    flags = next((set(line.split(":", 1)[1].split()) for line in info.splitlines()
+                  if line.startswith("flags")), set())
+    have = [f for f in ("avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name} ({', '.join(have) or 'no AVX-512'})"
 
 
 def peak_rss_mb() -> float:
@@ -93,23 +122,31 @@ def _load(path_name: str, args):
     precision = args.precision if path_name in ("package", "package-batched") else "fp32"
     clf = AgeGenderClassifier.from_hparams(
         source=args.checkpoint, run_opts={"device": device, "precision": precision}, **kwargs)
-    if path_name == "torch-int8":
-        from agegender_sb.fast_linear import use_onednn_linear
+    if path_name in ("package-int8", "package-int8-cnn"):
+        from agegender_sb.cpu_speed import enable_fast_path
 
-        use_onednn_linear(clf.mods.model, enabled=False)  # quantize_dynamic matches nn.Linear
-        clf.mods.model = torch.ao.quantization.quantize_dynamic(
-            clf.mods.model, {torch.nn.Linear}, dtype=torch.qint8)
-    batch_size = args.batch_size if path_name == "package-batched" else 1
+        enable_fast_path(clf.mods.model, path_name[len("package-"):])
 
-    analyzer = clf.analyzer(vad=None, batch_size=batch_size)  # every sample, as the reference
+    def row(p):
+        return float(p.age_raw[0]), p.gender_probs[0].numpy(), p.embedding[0].numpy()
 
     def predict(files):
-        out = []
-        for _, res in analyzer.analyse_many(files):
-            if isinstance(res, Exception):
-                raise res
-            p = res.prediction
-            out.append((float(p.age_raw[0]), p.gender_probs[0].numpy(), p.embedding[0].numpy()))
+        if path_name != "package-batched":
+            return [row(clf.predict_file(f, vad=None)) for f in files]
+        wavs = [clf.load_audio(f) for f in files]
+        order = sorted(range(len(wavs)), key=lambda i: -wavs[i].shape[-1])
+        out = [None] * len(wavs)
+        for lo in range(0, len(order), args.batch_size):
+            idx = order[lo:lo + args.batch_size]
+            n = max(wavs[i].shape[-1] for i in idx)
+            batch = torch.zeros(len(idx), n, device=wavs[idx[0]].device)
+            for j, i in enumerate(idx):
+                batch[j, : wavs[i].shape[-1]] = wavs[i]
+            lens = torch.tensor([wavs[i].shape[-1] / n for i in idx])
+            pred = clf.predict_batch(batch, lens)
+            for j, i in enumerate(idx):
+                out[i] = (float(pred.age_raw[j]), pred.gender_probs[j].cpu().numpy(),
+                          pred.embedding[j].cpu().numpy())
         return out
 
     return time.perf_counter() - start, predict
@@ -137,8 +174,8 @@ def setup_worker(args) -> None:
 
 
 def long_worker(args) -> None:
-    """One long file through ``predict_file`` (the windowed path ``agegender predict`` uses),
-    in this process: model load and analysis times, peak RSS."""
+    """One long file through ``predict_file`` (the windowed path ``agegender predict`` uses,
+    every sample analysed), in this process: model load and analysis times, peak RSS."""
     import torch
 
     from agegender_sb import AgeGenderClassifier
@@ -148,9 +185,30 @@ def long_worker(args) -> None:
     clf = AgeGenderClassifier.from_hparams(source=args.checkpoint, run_opts={"device": "cpu"})
     load_s = time.perf_counter() - start
     start = time.perf_counter()
-    clf.predict_file(args.long_file)
+    clf.predict_file(args.long_file, vad=None)
     print(json.dumps({"load_s": load_s, "wall_s": time.perf_counter() - start,
                       "peak_rss_mb": peak_rss_mb()}))
+
+
+def serve(args) -> None:
+    """Load one path's model, warm it up, then answer requests on stdin: a JSON list of files
+    → one JSON line with the wall time and the outputs; an empty line → peak RSS, exit."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    load_s, predict = _load(args.worker, args)
+    predict([args.warmup])  # not timed
+    print(json.dumps({"load_s": load_s}), flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            break
+        files = json.loads(line)
+        start = time.perf_counter()
+        outputs = predict(files)
+        wall = time.perf_counter() - start
+        print(json.dumps({"wall_s": wall, "out": [[o[0], o[1].tolist(), o[2].tolist()]
+                                                  for o in outputs]}), flush=True)
+    print(json.dumps({"peak_rss_mb": peak_rss_mb()}), flush=True)
 
 
 def worker(args) -> None:
@@ -158,22 +216,7 @@ def worker(args) -> None:
         return setup_worker(args)
     if args.worker == "long":
         return long_worker(args)
-    import torch
-
-    torch.set_num_threads(args.threads)
-    files = json.loads(Path(args.files).read_text())
-    load_s, predict = _load(args.worker, args)
-    predict([files[0][0]])  # warm-up (not timed)
-    start = time.perf_counter()
-    outputs = predict([f for f, _ in files])
-    wall = time.perf_counter() - start
-    audio_s = sum(d for _, d in files)
-    np.savez(Path(args.workdir) / f"out-{args.worker}.npz",
-             age=np.array([o[0] for o in outputs]),
-             probs=np.stack([o[1] for o in outputs]),
-             emb=np.stack([o[2] for o in outputs]))
-    print(json.dumps({"path": args.worker, "load_s": load_s, "wall_s": wall,
-                      "audio_s": audio_s, "peak_rss_mb": peak_rss_mb()}))
+    return serve(args)
 
 
 # ---------------------------------------------------------------- driver side
@@ -212,26 +255,98 @@ def collect_audio(audio: str | None, workdir: Path, max_files: int) -> list[tupl
     return [(str(p), sf.info(str(p)).duration) for p in chosen]
 
 
-def run_worker(name: str, args, files_json: Path | None, workdir: Path,
-               extra: list[str] | None = None) -> dict | None:
-    cmd = [sys.executable, __file__, "--worker", name, "--checkpoint", args.checkpoint,
-           "--workdir", str(workdir), "--threads", str(args.threads), "--layers",
-           str(args.layers), "--device", args.device, "--precision", args.precision,
-           "--batch-size", str(args.batch_size), *(extra or [])]
-    if files_json is not None:
-        cmd += ["--files", str(files_json)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ,
-                          "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+def _cmd(name: str, args, workdir: Path, extra: list[str] | None = None) -> list[str]:
+    return [sys.executable, __file__, "--worker", name, "--checkpoint", args.checkpoint,
+            "--workdir", str(workdir), "--threads", str(args.threads), "--layers",
+            str(args.layers), "--device", args.device, "--precision", args.precision,
+            "--batch-size", str(args.batch_size), *(extra or [])]
+
+
+def _env() -> dict:
+    return {**os.environ,
+            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+def run_worker(name: str, args, workdir: Path, extra: list[str] | None = None) -> dict | None:
+    """A one-off worker (build, export, long): its last stdout line as JSON."""
+    proc = subprocess.run(_cmd(name, args, workdir, extra), capture_output=True, text=True,
+                          env=_env())
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
     lines = proc.stdout.strip().splitlines()
     return json.loads(lines[-1]) if lines else None
 
 
+class Server:
+    """A path's worker process, loaded once, timing the files it is sent."""
+
+    def __init__(self, name: str, args, workdir: Path, warmup: str):
+        self.name = name
+        self.errors = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen(_cmd(name, args, workdir, ["--warmup", warmup]),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.errors, text=True, env=_env())
+        self.load_s = self._reply()["load_s"]
+
+    def _reply(self) -> dict:
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                self.errors.seek(0)
+                raise RuntimeError(f"{self.name} failed:\n{self.errors.read()[-3000:]}")
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def run(self, files: list[str]) -> dict:
+        self.proc.stdin.write(json.dumps(files) + "\n")
+        self.proc.stdin.flush()
+        return self._reply()
+
+    def close(self) -> float:
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        rss = self._reply()["peak_rss_mb"]
+        self.proc.wait()
+        return rss
+
+
+def interleaved(args, files: list[tuple[str, float]], workdir: Path) -> dict:
+    """Every file through every path in turn (the order rotating per file), ``args.rounds``
+    times. Per path: load time, peak RSS, wall time per round, outputs of the last round."""
+    names = ["reference"] + [p for p in args.paths if p != "reference"]
+    unit = args.batch_size if "package-batched" in names else 1
+    groups = [list(range(i, min(i + unit, len(files)))) for i in range(0, len(files), unit)]
+    servers = {}
+    try:
+        for name in names:  # loaded one after the other (clean load times)
+            print(f"loading {name} ...", file=sys.stderr)
+            servers[name] = Server(name, args, workdir, files[0][0])
+        walls = {n: [0.0] * args.rounds for n in names}
+        outs = {n: [None] * len(files) for n in names}
+        for r in range(args.rounds):
+            print(f"round {r + 1}/{args.rounds} ...", file=sys.stderr)
+            for g, group in enumerate(groups):
+                k = (g + r) % len(names)
+                for name in names[k:] + names[:k]:  # rotate who goes first
+                    chunks = [group] if name == "package-batched" else [[i] for i in group]
+                    for chunk in chunks:
+                        res = servers[name].run([files[i][0] for i in chunk])
+                        walls[name][r] += res["wall_s"]
+                        for i, o in zip(chunk, res["out"]):
+                            outs[name][i] = o
+        rss = {n: s.close() for n, s in servers.items()}
+    finally:
+        for s in servers.values():
+            if s.proc.poll() is None:
+                s.proc.kill()
+    return {n: {"load_s": servers[n].load_s, "peak_rss_mb": rss[n], "walls": walls[n],
+                "out": outs[n]} for n in names}
+
+
 def long_file_scaling(args, workdir: Path) -> list[dict]:
     """The package on a 1-minute and an N-minute file (analysis time, model load excluded),
-    each in a subprocess; the reference on 30 s and 120 s files (one warm-up, two timed
-    passes)."""
+    each in a subprocess; the reference on 30 s and 120 s files (one warm-up, one timed
+    pass)."""
     import soundfile as sf
 
     rows = []
@@ -242,18 +357,55 @@ def long_file_scaling(args, workdir: Path) -> list[dict]:
             with sf.SoundFile(path, "w", 16000, 1, subtype="PCM_16") as f:
                 for _ in range(minutes * 6):  # 10 s blocks
                     f.write((0.1 * rng.standard_normal(160000)).astype(np.float32))
-        res = run_worker("long", args, None, workdir, extra=["--long-file", str(path)])
+        res = run_worker("long", args, workdir, extra=["--long-file", str(path)])
         rows.append({"what": f"package, {minutes}-min file", "audio_s": minutes * 60,
                      "wall_s": res["wall_s"], "peak_rss_mb": res["peak_rss_mb"]})
     for seconds in (30, 120):
         path = workdir / f"ref{seconds}.wav"
         sf.write(path, (0.1 * rng.standard_normal(seconds * 16000)).astype(np.float32), 16000)
-        files_json = workdir / f"ref{seconds}.json"
-        files_json.write_text(json.dumps([[str(path), seconds], [str(path), seconds]]))
-        res = run_worker("reference", args, files_json, workdir)
+        server = Server("reference", args, workdir, str(path))
+        res = server.run([str(path)])
+        rss = server.close()
         rows.append({"what": f"reference, {seconds}-s file", "audio_s": seconds,
-                     "wall_s": res["wall_s"], "peak_rss_mb": res["peak_rss_mb"]})
+                     "wall_s": res["wall_s"], "peak_rss_mb": rss})
     return rows
+
+
+def table(args, files, results) -> str:
+    """The Markdown table: speeds, median per-round ratios to the reference, memory, and the
+    largest deviations from the reference's outputs."""
+    keys = ("age", "probs", "emb")
+
+    def arrays(out):
+        return {k: np.array([o[i] for o in out]) for i, k in enumerate(keys)}
+
+    ref = arrays(results["reference"]["out"])
+    ref_walls = np.array(results["reference"]["walls"])
+    total_audio = sum(d for _, d in files)
+    lines = [
+        f"Machine: {cpu_name()}, {os.cpu_count()} CPUs, "
+        f"torch threads {args.threads}; device {args.device}, package precision "
+        f"{args.precision}; checkpoint {Path(args.checkpoint).name}; {len(files)} files, "
+        f"{total_audio:.1f} s of audio, {args.rounds} interleaved rounds; one file at a time "
+        f"except package-batched (batches of {args.batch_size}). Speed-up: median of the "
+        "per-round ratios to the reference [min-max].",
+        "",
+        "| path | audio s / wall s | RTF | speed-up [min-max] | peak RSS (MB) | load (s) "
+        "| max abs diff from the reference (age output / gender prob. / embedding) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for name, r in results.items():
+        walls = np.array(r["walls"])
+        ratios = ref_walls / walls
+        wall = float(np.median(walls))
+        out = arrays(r["out"])
+        diffs = ("—" if name == "reference" else
+                 " / ".join(f"{np.abs(out[k] - ref[k]).max():.1e}" for k in keys))
+        lines.append(
+            f"| {LABELS.get(name, name)} | {total_audio / wall:.2f} | {wall / total_audio:.3f} "
+            f"| {np.median(ratios):.2f}× [{ratios.min():.2f}-{ratios.max():.2f}] "
+            f"| {r['peak_rss_mb']:.0f} | {r['load_s']:.1f} | {diffs} |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
@@ -262,6 +414,7 @@ def main(argv=None) -> None:
     parser.add_argument("--layers", type=int, default=24, help="layers of the random checkpoint")
     parser.add_argument("--audio", help="folder of audio files")
     parser.add_argument("--max-files", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved passes over the files")
     parser.add_argument("--paths", nargs="+", default=list(DEFAULT_PATHS), choices=PATHS,
                         help="package-batched: length-sorted batches of --batch-size (GPU)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (reference and package)")
@@ -274,7 +427,7 @@ def main(argv=None) -> None:
     parser.add_argument("--long-minutes", type=int, default=60)
     parser.add_argument("--output", help="write the Markdown table here too")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--files", help=argparse.SUPPRESS)
+    parser.add_argument("--warmup", help=argparse.SUPPRESS)
     parser.add_argument("--long-file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -284,50 +437,21 @@ def main(argv=None) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     if args.checkpoint is None:
         args.checkpoint = str(workdir / f"random-{args.layers}")
-        run_worker("build", args, None, workdir)
+        run_worker("build", args, workdir)
     files = collect_audio(args.audio, workdir, args.max_files)
-    files_json = workdir / "files.json"
-    files_json.write_text(json.dumps(files))
     if "onnx" in args.paths or "onnx-int8" in args.paths:
-        run_worker("export", args, None, workdir)
-
-    results = {}
-    for name in ["reference"] + [p for p in args.paths if p != "reference"]:
-        print(f"running {name} ...", file=sys.stderr)
-        results[name] = run_worker(name, args, files_json, workdir)
-    ref = np.load(workdir / "out-reference.npz")
-    base = results["reference"]["audio_s"] / results["reference"]["wall_s"]
-    total_audio = results["reference"]["audio_s"]
-    lines = [
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"torch threads {args.threads}; device {args.device}, package precision "
-        f"{args.precision}; checkpoint {Path(args.checkpoint).name}; "
-        f"{len(files)} files, {total_audio:.1f} s of audio; one file at a time except "
-        f"package-batched (batches of {args.batch_size}).",
-        "",
-        "| path | audio s / wall s | RTF | speed-up | peak RSS (MB) | load (s) "
-        "| max abs diff (age / gender prob / embedding) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for name, r in results.items():
-        out = np.load(workdir / f"out-{name}.npz")
-        diffs = [np.abs(out[k] - ref[k]).max() for k in ("age", "probs", "emb")]
-        speed = r["audio_s"] / r["wall_s"]
-        lines.append(
-            f"| {name} | {speed:.2f} | {r['wall_s'] / r['audio_s']:.3f} | {speed / base:.2f}x "
-            f"| {r['peak_rss_mb']:.0f} | {r['load_s']:.1f} | "
-            + " / ".join(f"{d:.1e}" for d in diffs) + " |"
-        )
+        run_worker("export", args, workdir)
+    results = interleaved(args, files, workdir)
+    text = table(args, files, results)
     if args.long:
-        lines += ["", "| long files | audio (s) | wall (s) | wall / audio s | peak RSS (MB) |",
-                  "| --- | ---: | ---: | ---: | ---: |"]
+        text += ("\n\n| long files | audio (s) | wall (s) | wall / audio s | peak RSS (MB) |\n"
+                 "| --- | ---: | ---: | ---: | ---: |")
         for row in long_file_scaling(args, workdir):
-            lines.append(f"| {row['what']} | {row['audio_s']} | {row['wall_s']:.1f} | "
-                         f"{row['wall_s'] / row['audio_s']:.3f} | {row['peak_rss_mb']:.0f} |")
-    table = "\n".join(lines)
-    print(table)
+            text += (f"\n| {row['what']} | {row['audio_s']} | {row['wall_s']:.1f} | "
+                     f"{row['wall_s'] / row['audio_s']:.3f} | {row['peak_rss_mb']:.0f} |")
+    print(text)
     if args.output:
-        Path(args.output).write_text(table + "\n")
+        Path(args.output).write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,158 @@
+"""Where the time goes: the model card's reference, the package's default float32 path and
+its int8 fast paths, part by part and op by op, on one utterance.
+
+Each part of the network (CNN feature encoder, feature projection, positional convolution,
+attention blocks, feed-forward blocks, layer norms, pooling and heads) is wrapped in a
+``torch.profiler.record_function`` range by forward hooks; the table gives each part's
+inclusive time per forward pass (median over ``--repeats`` profiled passes, after a warm-up),
+and the top operators by self time. Paths run alternately, in one process, on the same
+checkpoint (default: the full-size 24-layer random one, as ``benchmarks/speed.py`` builds it).
+
+Usage::
+
+    python benchmarks/profile_ops.py --seconds 6 --threads 1 --output ops.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+PARTS = ("CNN feature encoder", "feature projection", "positional conv", "attention",
+         "feed-forward", "layer norms (transformer)", "pooling + heads")
+
+
+def _wav2vec2(model):
+    from transformers import Wav2Vec2Model
+
+    return next(m for m in model.modules() if isinstance(m, Wav2Vec2Model))
+
+
+def annotate(model) -> None:
+    """Forward hooks opening a ``record_function`` range per part."""
+    import torch
+
+    w2v = _wav2vec2(model)
+    parts = {"CNN feature encoder": [w2v.feature_extractor],
+             "feature projection": [w2v.feature_projection],
+             "positional conv": [w2v.encoder.pos_conv_embed],
+             "attention": [layer.attention for layer in w2v.encoder.layers],
+             "feed-forward": [layer.feed_forward for layer in w2v.encoder.layers],
+             "layer norms (transformer)": [w2v.encoder.layer_norm]
+             + [ln for layer in w2v.encoder.layers
+                for ln in (layer.layer_norm, layer.final_layer_norm)]}
+    heads = [m for name, m in model.named_children() if name in ("age", "gender", "pooling",
+                                                                 "age_head", "gender_head")]
+    parts["pooling + heads"] = heads
+    for label, modules in parts.items():
+        for m in modules:
+            def pre(mod, args, label=label):
+                mod.__dict__["_range"] = torch.profiler.record_function(f"part: {label}")
+                mod.__dict__["_range"].__enter__()
+
+            def post(mod, args, out):
+                mod.__dict__.pop("_range").__exit__(None, None, None)
+
+            m.register_forward_pre_hook(pre)
+            m.register_forward_hook(post)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", help="audEERING-layout folder (default: random 24-layer)")
+    parser.add_argument("--workdir")
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output")
+    args = parser.parse_args(argv)
+
+    import torch
+    from reference import CardModel
+    from speed import build_checkpoint
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import Wav2Vec2FeatureExtractor
+
+    from agegender_sb import AgeGenderClassifier
+    from agegender_sb.cpu_speed import enable_fast_path
+
+    torch.set_num_threads(args.threads)
+    if args.checkpoint is None:
+        workdir = Path(args.workdir or tempfile.mkdtemp(prefix="agegender-prof-"))
+        args.checkpoint = str(build_checkpoint(workdir / "random-24", 24))
+    ref = CardModel.from_pretrained(args.checkpoint).eval()
+    fe = Wav2Vec2FeatureExtractor.from_pretrained(args.checkpoint)
+    fp32 = AgeGenderClassifier.from_hparams(source=args.checkpoint).mods.model.eval()
+    fast = {kind: enable_fast_path(
+        AgeGenderClassifier.from_hparams(source=args.checkpoint).mods.model.eval(), kind)
+        for kind in ("int8", "int8-cnn")}
+    rng = np.random.default_rng(0)
+    signal = (0.1 * rng.standard_normal(int(args.seconds * 16000))).astype(np.float32)
+    y = torch.from_numpy(np.asarray(fe(signal, sampling_rate=16000)["input_values"][0],
+                                    dtype=np.float32)).reshape(1, -1)
+    x = torch.from_numpy(signal).reshape(1, -1)
+    runs = {"reference": (ref, y), "package fp32": (fp32, x),
+            "package int8": (fast["int8"], x), "package int8-cnn": (fast["int8-cnn"], x)}
+    for model, _ in runs.values():
+        annotate(model)
+    parts = {n: defaultdict(list) for n in runs}
+    ops = {n: defaultdict(list) for n in runs}
+    totals = {n: [] for n in runs}
+    with torch.inference_mode():
+        for model, inp in runs.values():
+            model(inp)  # warm-up (caches, oneDNN primitives)
+        for _ in range(args.repeats):
+            for name, (model, inp) in runs.items():
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    model(inp)
+                events = prof.key_averages()
+                total = 0.0
+                for ev in events:
+                    if ev.key.startswith("part: "):
+                        parts[name][ev.key[6:]].append(ev.cpu_time_total / 1e3)
+                    else:
+                        ops[name][ev.key].append(ev.self_cpu_time_total / 1e3)
+                        total += ev.self_cpu_time_total / 1e3
+                totals[name].append(total)
+
+    names = list(runs)
+    med = {n: {k: float(np.median(v)) for k, v in parts[n].items()} for n in names}
+    tot = {n: float(np.median(totals[n])) for n in names}
+    lines = [f"One {args.seconds:g} s utterance, {args.threads} thread(s), checkpoint "
+             f"{Path(args.checkpoint).name}; median of {args.repeats} profiled passes "
+             "(ms, inclusive; share of the pass).", "",
+             "| part | " + " | ".join(names) + " |",
+             "| --- |" + " ---: |" * len(names)]
+    for part in PARTS:
+        cells = []
+        for n in names:
+            v = med[n].get(part, 0.0)
+            cells.append(f"{v:.0f} ({100 * v / tot[n]:.0f} %)")
+        lines.append(f"| {part} | " + " | ".join(cells) + " |")
+    lines.append("| **whole pass** | " + " | ".join(f"**{tot[n]:.0f}**" for n in names) + " |")
+    lines += ["", "Top operators by self time (ms per pass):", "",
+              "| operator | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
+    op_med = {n: {k: float(np.median(v)) for k, v in ops[n].items()} for n in names}
+    top = sorted({k for n in names for k in op_med[n]},
+                 key=lambda k: -max(op_med[n].get(k, 0.0) for n in names))[:14]
+    for k in top:
+        lines.append(f"| `{k}` | " + " | ".join(f"{op_med[n].get(k, 0.0):.1f}" for n in names)
+                     + " |")
+    text = "\n".join(lines)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Channels-last CPU modules (same numbers as transformers' and the model card's) and the
+opt-in int8 fast path (approximate, and only where asked for)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from reference import card_process
+from transformers.models.wav2vec2 import modeling_wav2vec2 as w2v
+
+from agegender_sb import AgeGenderClassifier
+from agegender_sb.cpu_speed import (
+    FastFeatureEncoder,
+    FastFeedForward,
+    FastPositionalConv,
+    enable_fast_path,
+    use_fast_cpu_modules,
+)
+from agegender_sb.encoder import Wav2Vec2Encoder
+from agegender_sb.fast_linear import use_onednn_linear
+
+KWARGS = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+              conv_dim=[16] * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+              feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True)
+
+
+def _pair(seed=0, **overrides):
+    torch.manual_seed(seed)
+    fast = Wav2Vec2Encoder({**KWARGS, **overrides}).eval()
+    plain = Wav2Vec2Encoder({**KWARGS, **overrides}, onednn_linear=False).eval()
+    with torch.no_grad():  # non-zero biases and layer-norm affines: the test is stricter
+        for p in fast.parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    plain.load_state_dict(fast.state_dict())
+    return fast, plain
+
+
+def _batch(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    wavs = torch.randn(3, 12000, generator=g)
+    wavs[1, 7000:] = 0
+    wavs[2, 3001:] = 0
+    return wavs, torch.tensor([1.0, 7000 / 12000, 3001 / 12000])
+
+
+def test_encoder_uses_the_cpu_modules_and_keeps_its_state_dict():
+    fast, plain = _pair()
+    m = fast.model
+    assert type(m.feature_extractor) is FastFeatureEncoder
+    assert type(m.encoder.pos_conv_embed) is FastPositionalConv
+    assert all(type(layer.feed_forward) is FastFeedForward for layer in m.encoder.layers)
+    assert type(plain.model.feature_extractor) is w2v.Wav2Vec2FeatureEncoder
+    assert list(fast.state_dict()) == list(plain.state_dict())
+
+
+def test_same_numbers_as_transformers_modules_on_a_padded_batch():
+    fast, plain = _pair()
+    wavs, lens = _batch()
+    with torch.inference_mode():
+        f_frames, f_mask = fast(wavs, lens)
+        p_frames, p_mask = plain(wavs, lens)
+        f_feat = fast.model.feature_extractor(wavs)
+        p_feat = plain.model.feature_extractor(wavs)
+    assert torch.equal(f_mask, p_mask)
+    assert f_feat.shape == p_feat.shape
+    assert (f_feat - p_feat).abs().max() < 1e-5
+    assert (f_frames - p_frames).abs().max() < 1e-5
+
+
+def test_cached_weight_norm_follows_weight_changes():
+    fast, plain = _pair()
+    wavs, _ = _batch()
+    with torch.inference_mode():
+        fast(wavs)  # fills the caches
+    torch.manual_seed(5)
+    other, _ = _pair(seed=5)
+    fast.load_state_dict(other.state_dict())  # in-place copies: new versions
+    plain.load_state_dict(other.state_dict())
+    with torch.inference_mode():
+        assert (fast(wavs)[0] - plain(wavs)[0]).abs().max() < 1e-5
+    with torch.no_grad():  # a direct in-place edit of the weight-norm magnitude
+        for mod in (fast, plain):
+            pos = mod.model.encoder.pos_conv_embed.conv
+            pos.parametrizations.weight.original0.mul_(1.5)
+        assert (fast(wavs)[0] - plain(wavs)[0]).abs().max() < 1e-5
+
+
+def test_training_takes_transformers_path_with_the_same_gradients():
+    fast, plain = _pair(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+                        feat_proj_dropout=0.0, layerdrop=0.0, apply_spec_augment=False)
+    fast.train()
+    plain.train()
+    wavs, _ = _batch()
+    fast(wavs)[0].square().mean().backward()
+    plain(wavs)[0].square().mean().backward()
+    for (name, a), b in zip(fast.named_parameters(), plain.parameters()):
+        if b.grad is not None:
+            assert (a.grad - b.grad).norm() <= 1e-5 * b.grad.norm() + 1e-9, name
+
+
+def test_switching_back_restores_transformers_classes():
+    fast, _ = _pair()
+    use_onednn_linear(fast, enabled=False)  # what ONNX export and quantize_dynamic call
+    assert type(fast.model.feature_extractor) is w2v.Wav2Vec2FeatureEncoder
+    assert type(fast.model.encoder.pos_conv_embed) is w2v.Wav2Vec2PositionalConvEmbedding
+    use_fast_cpu_modules(fast)
+    assert type(fast.model.feature_extractor) is FastFeatureEncoder
+
+
+def test_classifier_matches_the_model_card(tiny_card, tiny_checkpoint):
+    card, _ = tiny_card
+    clf = AgeGenderClassifier.from_hparams(source=tiny_checkpoint)
+    assert type(clf.mods.model.encoder.model.feature_extractor) is FastFeatureEncoder
+    rng = np.random.default_rng(3)
+    for n in (16000, 5321):
+        signal = (0.1 * rng.standard_normal(n)).astype(np.float32)
+        ref = card_process(card, signal)
+        pred = clf.predict_batch(torch.from_numpy(signal))
+        assert abs(float(pred.age_raw[0]) - float(ref["age"])) < 1e-5
+        assert (pred.embedding[0] - ref["embedding"]).abs().max() < 1e-5
+        assert (pred.gender_probs[0] - ref["gender_probs"]).abs().max() < 1e-5
+
+
+def test_int8_fast_path_is_close_and_opt_in(tiny_checkpoint):
+    fp32 = AgeGenderClassifier.from_hparams(source=tiny_checkpoint)
+    fast = AgeGenderClassifier.from_hparams(source=tiny_checkpoint)
+    assert enable_fast_path(fast.mods.model, "int8") is fast.mods.model
+    model = fast.mods.model
+    layer = model.encoder.model.encoder.layers[0]
+    for lin in (layer.attention.q_proj, layer.feed_forward.intermediate_dense):
+        assert isinstance(lin, torch.ao.nn.quantized.dynamic.Linear)
+    assert not any(type(m) is torch.nn.Linear for m in model.encoder.model.encoder.modules())
+    assert type(model.age_head.dense) is torch.nn.Linear  # heads stay float32
+    assert type(model.encoder.model.feature_extractor) is FastFeatureEncoder
+    wavs, lens = _batch()
+    a, b = fp32.predict_batch(wavs, lens), fast.predict_batch(wavs, lens)
+    scale = a.embedding.abs().max()
+    dev = (a.embedding - b.embedding).abs().max()
+    assert 0 < dev < 0.05 * scale  # approximate: it moves, but not far
+    assert (a.age_raw - b.age_raw).abs().max() < 0.02
+
+
+def test_fast_path_rejects_bad_requests():
+    fast, _ = _pair()
+    with pytest.raises(ValueError, match="kind must be one of"):
+        enable_fast_path(fast, "fp4")
+    with pytest.raises(ValueError, match="no wav2vec2 transformer encoder"):
+        enable_fast_path(torch.nn.Linear(3, 3))
+    with pytest.raises(ValueError, match="run on the CPU"):
+        enable_fast_path(fast.to("meta"))
+
+
+def test_int8_cnn_quantises_the_strided_convolutions():
+    fast, plain = _pair(conv_dim=[64] * 7)
+    n_keys = len(fast.state_dict())
+    enable_fast_path(fast, "int8-cnn")
+    layers = fast.model.feature_extractor.conv_layers
+    assert "int8_frames" not in layers[0].__dict__  # the 1-channel first convolution stays
+    assert all(isinstance(layer.__dict__["int8_frames"], torch.ao.nn.quantized.dynamic.Linear)
+               for layer in layers[1:])
+    other = _pair(conv_dim=[64] * 7)[0]
+    enable_fast_path(other, "int8")
+    assert len(fast.state_dict()) == len(other.state_dict()) != n_keys  # no extra tensors
+    wavs, lens = _batch()
+    with torch.inference_mode():
+        ref = plain.model.feature_extractor(wavs)
+        out = fast.model.feature_extractor(wavs)
+    # int8 rounding moves it by a few per cent; a wrong frame/weight order by about 100 %
+    assert 0 < (out - ref).norm() < 0.1 * ref.norm()
