@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
                    help="autocast precision for the torch backend; fp16/bf16 trade fidelity "
                         "for speed (default: %(default)s)")
+    p.add_argument("--fast-path", choices=("int8",), default=None,
+                   help="CPU only: the transformer's matrix products in int8, about twice as "
+                        "fast, not the reference's numbers (see README)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress report")
     p.set_defaults(func=cmd_predict)
 
@@ -188,12 +191,13 @@ def _load_errors():
 
 
 def _load(source: str, device: str, backend: str = "torch", precision: str = "fp32",
-          onnx_path: str | None = None, trust_remote_code: bool = False):
+          onnx_path: str | None = None, trust_remote_code: bool = False,
+          fast_path: str | None = None):
     from .interface import AgeGenderClassifier
 
     return AgeGenderClassifier.from_hparams(
         source=source, run_opts={"device": device, "precision": precision}, backend=backend,
-        onnx_path=onnx_path, trust_remote_code=trust_remote_code)
+        onnx_path=onnx_path, trust_remote_code=trust_remote_code, fast_path=fast_path)
 
 
 # ---------------------------------------------------------------------------- info, convert
@@ -358,6 +362,7 @@ def _provenance(args, clf, analyzer, fmt) -> dict:
             "model": {"source": str(args.source), "fingerprint": clf.fingerprint,
                       "labels": list(clf.labels)},
             "backend": args.backend, "precision": args.precision,
+            "fast_path": args.fast_path,
             "analysis": analyzer.settings(), "format": fmt}
 
 
@@ -377,7 +382,7 @@ def _predict(args, dist, device, fmt, items, spk_map, analyzer) -> int:
     problem = None
     try:
         clf = _load(args.source, device, args.backend, args.precision, args.onnx_path,
-                    args.trust_remote_code)
+                    args.trust_remote_code, args.fast_path)
     except ImportError as err:  # --backend onnx without onnxruntime
         problem = err
     except _load_errors() as err:

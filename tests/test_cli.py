@@ -905,3 +905,31 @@ def test_help_does_not_import_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=_env(), timeout=60)
     assert "HEAVY []" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_fast_path_option(corpus, tiny_checkpoint, tmp_path):
+    """--fast-path int8: close to the fp32 table, not equal to it, and recorded, so a table of
+    one cannot be resumed with the other."""
+    fp32, fast = tmp_path / "fp32.csv", tmp_path / "int8.csv"
+    assert _predict(*corpus["good"], "--source", tiny_checkpoint, "-o", fp32) == 0
+    assert _predict(*corpus["good"], "--source", tiny_checkpoint, "-o", fast,
+                    "--fast-path", "int8") == 0
+    a, b = _file_rows(_read(fp32)), _file_rows(_read(fast))
+    ages_a = [float(r["age"]) for r in a]
+    ages_b = [float(r["age"]) for r in b]
+    assert max(abs(x - y) for x, y in zip(ages_a, ages_b)) < 1.0
+    # the option really switched the model (the tiny model's ages agree to 2 decimals)
+    import torch
+
+    x = torch.from_numpy(0.1 * np.random.RandomState(0).randn(16000).astype(np.float32))
+    plain = AgeGenderClassifier.from_hparams(source=tiny_checkpoint)
+    int8 = AgeGenderClassifier.from_hparams(source=tiny_checkpoint, fast_path="int8")
+    gap = (plain.predict_batch(x).embedding - int8.predict_batch(x).embedding).abs().max()
+    assert 0 < gap < 0.1 * plain.predict_batch(x).embedding.abs().max()
+    assert int8.fingerprint == plain.fingerprint  # of the float32 weights
+    record = json.loads((tmp_path / "int8.csv.agegender.json").read_text())
+    assert record["fast_path"] == "int8"
+    assert _predict(*corpus["good"], "--source", tiny_checkpoint, "-o", fp32, "--resume",
+                    "--fast-path", "int8") == 2
+    assert _predict(corpus["good"][0], "--source", tiny_checkpoint, "--fast-path", "int8",
+                    "--backend", "onnx") == 2
