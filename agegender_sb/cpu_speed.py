@@ -33,7 +33,7 @@ from transformers.activations import GELUActivation
 from transformers.models.wav2vec2 import modeling_wav2vec2 as w2v
 
 __all__ = ["FAST_PATHS", "enable_fast_path", "FastFeatureEncoder", "FastPositionalConv",
-           "FastFeedForward", "use_fast_cpu_modules"]
+           "FastFeedForward", "use_fast_cpu_modules", "plain_torch_modules"]
 
 
 def _inference_fp32_cpu(x: torch.Tensor, module: torch.nn.Module) -> bool:
@@ -321,3 +321,13 @@ def _quantize_cnn(encoder: FastFeatureEncoder) -> None:
             warnings.simplefilter("ignore")
             # kept out of the module tree (and so out of state_dict and .to())
             layer.__dict__["int8_frames"] = QLinear.from_float(lin)
+
+
+def plain_torch_modules(module: torch.nn.Module) -> torch.nn.Module:
+    """Every CPU speed module of ``module`` back to transformers' and torch's own classes
+    (channels-last modules and oneDNN Linear layers), in place: before ONNX export or
+    ``torch.ao.quantization.quantize_dynamic``, which match exact classes."""
+    from .fast_linear import use_onednn_linear
+
+    use_fast_cpu_modules(module, enabled=False)
+    return use_onednn_linear(module, enabled=False)

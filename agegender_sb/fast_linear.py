@@ -2,9 +2,8 @@
 
 PyTorch computes ``nn.Linear`` on the CPU with its BLAS (MKL in the PyPI wheels), which on some
 processors — AMD EPYC with AVX-512, for one — runs its AVX2 code path. oneDNN, which PyTorch
-also ships, picks its kernels by instruction set, not by vendor: measured here (2-core AMD
-EPYC, a 250x1024 by 1024x4096 product, the size of one second of the 24-layer model's
-feed-forward) 470 against 200 GFLOP/s. :func:`use_onednn_linear` switches a module's Linear
+also ships, picks its kernels by instruction set, not by vendor (the measured difference is in
+README, "Speed"). :func:`use_onednn_linear` switches a module's Linear
 layers to oneDNN for inference only; training, autocast, other devices and builds without
 oneDNN take PyTorch's usual path, and parameters and ``state_dict`` keys are unchanged.
 """
@@ -67,13 +66,9 @@ def use_onednn_linear(module: torch.nn.Module, enabled: bool = True) -> torch.nn
     """Turn every plain ``nn.Linear`` in ``module`` into :class:`OneDNNLinear` (in place).
 
     With ``enabled=False``, turn them back into plain ``nn.Linear`` (before ONNX export or
-    ``torch.ao.quantization.quantize_dynamic``, which match the exact class), and the
-    channels-last CPU modules of :mod:`agegender_sb.cpu_speed` back into transformers' own.
+    ``torch.ao.quantization.quantize_dynamic``, which match the exact class; for every CPU
+    speed module at once: :func:`agegender_sb.cpu_speed.plain_torch_modules`).
     """
-    if not enabled:
-        from .cpu_speed import use_fast_cpu_modules
-
-        use_fast_cpu_modules(module, enabled=False)
     for sub in module.modules():
         if enabled and type(sub) is torch.nn.Linear:
             sub.__class__ = OneDNNLinear

@@ -54,7 +54,7 @@ import torch
 from torch import nn
 
 from .audio import MIN_SAMPLES, AudioError, check_signal, relative_to_samples
-from .fast_linear import use_onednn_linear
+from .cpu_speed import plain_torch_modules
 
 __all__ = [
     "INPUT_NAME",
@@ -328,7 +328,7 @@ def export_onnx(
 
     module = _export_clone(model).eval()
     _fold_weight_norm(module)
-    use_onednn_linear(module, enabled=False)  # plain MatMul in the graph
+    plain_torch_modules(module)  # transformers' own modules: plain MatMul in the graph
     for sub in module.modules():
         if hasattr(sub, "set_attention"):
             sub.set_attention(attn_implementation)

@@ -15,10 +15,11 @@ from agegender_sb.cpu_speed import (
     FastFeedForward,
     FastPositionalConv,
     enable_fast_path,
+    plain_torch_modules,
     use_fast_cpu_modules,
 )
 from agegender_sb.encoder import Wav2Vec2Encoder
-from agegender_sb.fast_linear import use_onednn_linear
+from agegender_sb.fast_linear import OneDNNLinear
 
 KWARGS = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
               conv_dim=[16] * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
@@ -102,7 +103,8 @@ def test_training_takes_transformers_path_with_the_same_gradients():
 
 def test_switching_back_restores_transformers_classes():
     fast, _ = _pair()
-    use_onednn_linear(fast, enabled=False)  # what ONNX export and quantize_dynamic call
+    plain_torch_modules(fast)  # what ONNX export calls
+    assert not any(isinstance(m, OneDNNLinear) for m in fast.modules())
     assert type(fast.model.feature_extractor) is w2v.Wav2Vec2FeatureEncoder
     assert type(fast.model.encoder.pos_conv_embed) is w2v.Wav2Vec2PositionalConvEmbedding
     use_fast_cpu_modules(fast)
