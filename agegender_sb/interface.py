@@ -65,6 +65,8 @@ class AgeGenderClassifier(EncoderClassifier):
         self.config = getattr(self.hparams, "config", None)
         if backend not in ("torch", "onnx"):
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+        if fast_path is not None and (backend != "torch" or self.device_type != "cpu"):
+            raise ValueError("fast_path is a CPU option of the torch backend")
         self.backend = backend
         self._fingerprint = None
         self.onnx_session = None
@@ -72,8 +74,6 @@ class AgeGenderClassifier(EncoderClassifier):
             self.onnx_session = self._open_onnx(onnx_path, onnx_threads)
         self.fast_path = fast_path
         if fast_path is not None:
-            if backend != "torch" or self.device_type != "cpu":
-                raise ValueError("fast_path is a CPU option of the torch backend")
             from .cpu_speed import enable_fast_path
 
             self.fingerprint  # noqa: B018 -- of the float32 weights the fast path derives from
