@@ -29,7 +29,6 @@ __all__ = [
     "NORM_EPS",
     "AudioError",
     "NoSpeechError",
-    "read_audio",
     "soundfile_call",
     "resampled_length",
     "resample_to_16k",
@@ -57,35 +56,6 @@ class AudioError(ValueError):
 
 class NoSpeechError(AudioError):
     """No speech was detected in the audio: it gets no age and no gender."""
-
-
-def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """Read any file soundfile can read, as float32 ``[time, channels]``.
-
-    Parameters
-    ----------
-    path : str or PathLike
-        Audio file (WAV with integer or float samples, FLAC, OGG, NIST SPHERE, ...).
-        The format is taken from the file's header, not its name.
-
-    Returns
-    -------
-    data : numpy.ndarray
-        ``[time, channels]`` float32 samples in [-1, 1] for integer formats.
-    sample_rate : int
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``path`` does not exist.
-    AudioError
-        If the file is not readable audio or holds no samples.
-    """
-    data, sample_rate = soundfile_call(
-        path, lambda p: sf.read(p, dtype="float32", always_2d=True))
-    if data.shape[0] == 0:
-        raise AudioError(f"{path}: the file contains no audio samples")
-    return data, int(sample_rate)
 
 
 def soundfile_call(path: str | os.PathLike, action):

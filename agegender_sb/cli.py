@@ -291,7 +291,7 @@ def _detector(args):
 def cmd_predict(args) -> int:
     from .distributed import Distributed, threads_per_rank
     from .inputs import InputError, collect_items, read_speakers
-    from .tables import TableError, guess_format
+    from .tables import TableError, guess_format, lock_table
 
     dist = Distributed()
     if dist.active and not args.output:
@@ -328,7 +328,7 @@ def cmd_predict(args) -> int:
         problem = None
         if args.output and dist.is_main:
             try:
-                lock = _lock(args.output)
+                lock = lock_table(args.output)
             except TableError as err:
                 problem = err
         if _any_rank_failed(dist, device, problem, "the output is locked (see rank 0)"):
@@ -338,12 +338,6 @@ def cmd_predict(args) -> int:
         if lock is not None:
             lock.release()
         dist.close()
-
-
-def _lock(output):
-    from .tables import lock_table
-
-    return lock_table(output)
 
 
 def _any_rank_failed(dist, device, problem, elsewhere: str) -> bool:

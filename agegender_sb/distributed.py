@@ -91,16 +91,6 @@ class Distributed:
         dist.all_reduce(t)
         return bool(t.item() > 0)
 
-    def min_over_ranks(self, value: int, device: str = "cpu") -> int:
-        """The smallest ``value`` over ranks (e.g. a common number of steps)."""
-        if not self.active:
-            return int(value)
-        import torch.distributed as dist
-
-        t = torch.tensor([int(value)], device=device, dtype=torch.long)
-        dist.all_reduce(t, op=dist.ReduceOp.MIN)
-        return int(t.item())
-
     def close(self) -> None:
         if self.active:
             import torch.distributed as dist

@@ -16,9 +16,7 @@ from pathlib import Path
 __all__ = [
     "AUDIO_EXTENSIONS",
     "InputError",
-    "expand_inputs",
     "collect_items",
-    "read_list_file",
     "read_speakers",
     "SpeakerMap",
 ]
@@ -37,20 +35,6 @@ class InputError(ValueError):
 def _resolve(entry: str, base: Path) -> str:
     p = Path(entry)
     return str(p if p.is_absolute() else base / p)
-
-
-def read_list_file(path: str | os.PathLike) -> list[str]:
-    """Paths listed in a ``.txt`` (one a line) or ``.csv`` (``path`` column) file, each once.
-
-    Relative paths are taken relative to the list file's folder. In ``.txt`` files, blank
-    lines and lines starting with ``#`` are skipped.
-
-    Raises
-    ------
-    InputError
-        If the file cannot be read, or a CSV has no ``path`` column.
-    """
-    return list(dict.fromkeys(p for p, _ in read_list_items(path)))
 
 
 def read_list_items(path: str | os.PathLike) -> list[tuple[str, object]]:
@@ -116,12 +100,6 @@ def _find_audio(folder: Path) -> list[str]:
             if p.suffix.lower() in AUDIO_EXTENSIONS and not p.is_dir():
                 found.append(str(p))
     return sorted(found)
-
-
-def expand_inputs(items: Iterable[str | os.PathLike]) -> list[str]:
-    """Audio file paths from command-line inputs, in order, each once (see
-    :func:`collect_items`)."""
-    return [path for path, _ in collect_items(items)]
 
 
 def collect_items(items: Iterable[str | os.PathLike], rttm=None) -> list[tuple[str, list | None]]:

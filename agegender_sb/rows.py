@@ -99,10 +99,10 @@ def speaker_row(speaker: str, rows: list[dict], labels) -> dict:
                                              "file(s) was analysed successfully"}
     logits = torch.tensor([[math.log(max(r[lab], _PROB_FLOOR)) for lab in labels] for r in ok],
                           dtype=torch.float64)
-    ages = torch.tensor([r["age"] / 100.0 for r in ok], dtype=torch.float64)
-    pred = AgeGenderPrediction.from_outputs(ages, logits, torch.zeros(len(ok), 1), labels)
+    ages = torch.tensor([r["age"] for r in ok], dtype=torch.float64)  # years: scale 1
+    pred = AgeGenderPrediction.from_outputs(ages, logits, torch.zeros(len(ok), 1), labels,
+                                            age_scale=1.0)
     pooled = pred.pool([r["speech"] for r in ok]).to_records()[0]
-    pooled["age"] = float(sum(r["age"] * r["speech"] for r in ok) / sum(r["speech"] for r in ok))
     return {"speaker": speaker, "duration": float(sum(r.get("duration") or 0 for r in ok)),
             "speech": float(sum(r["speech"] for r in ok)), "error": None, **pooled}
 
