@@ -24,7 +24,6 @@ the audEERING models' (``feat_extract_norm="layer"``, GELU activations) take tra
 
 from __future__ import annotations
 
-import warnings
 import weakref
 
 import torch
@@ -32,11 +31,11 @@ import torch.nn.functional as F
 from transformers.activations import GELUActivation
 from transformers.models.wav2vec2 import modeling_wav2vec2 as w2v
 
-__all__ = ["FAST_PATHS", "enable_fast_path", "FastFeatureEncoder", "FastPositionalConv",
-           "FastFeedForward", "use_fast_cpu_modules", "plain_torch_modules"]
+__all__ = ["FastFeatureEncoder", "FastPositionalConv", "FastFeedForward", "cached", "frames",
+           "inference_fp32_cpu", "use_fast_cpu_modules", "plain_torch_modules"]
 
 
-def _inference_fp32_cpu(x: torch.Tensor, module: torch.nn.Module) -> bool:
+def inference_fp32_cpu(x: torch.Tensor, module: torch.nn.Module) -> bool:
     """CPU float32 input, no autocast and nothing that needs a gradient."""
     return (
         x.device.type == "cpu"
@@ -51,7 +50,7 @@ def _inference_fp32_cpu(x: torch.Tensor, module: torch.nn.Module) -> bool:
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _cached(module: torch.nn.Module, make):
+def cached(module: torch.nn.Module, make):
     """``make()``'s result, recomputed only when one of ``module``'s parameters changed
     (in-place updates bump a tensor's version; new tensors change its identity)."""
     key = tuple((id(p), p._version) for p in module.parameters())
@@ -69,6 +68,10 @@ def _gelu_inplace(x: torch.Tensor) -> torch.Tensor:
 
 class FastFeatureEncoder(w2v.Wav2Vec2FeatureEncoder):
     """transformers' feature encoder, channels-last in CPU float32 inference.
+
+    The multi-channel convolutions go through :meth:`_multi_channel_weights` and
+    :meth:`_multi_channel`, which the opt-in bf16 fast path (:mod:`agegender_sb.fast_paths`)
+    overrides; layer norms compute in float32 either way, and the output is float32.
 
     Example
     -------
@@ -94,43 +97,59 @@ class FastFeatureEncoder(w2v.Wav2Vec2FeatureEncoder):
     def _weights(self):
         out = []
         for i, layer in enumerate(self.conv_layers):
-            w = layer.conv.weight  # [out, in, kernel]
-            if i == 0 and w.shape[1] == 1:
-                out.append(w[:, 0, :].contiguous())  # [out, kernel]: a Linear over frames
-            else:  # [out, in, 1, kernel] in channels-last order for oneDNN
-                out.append(w.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last))
+            w, b = layer.conv.weight.detach(), layer.conv.bias  # [out, in, kernel]
+            if i == 0 and w.shape[1] == 1:  # [out, kernel]: a Linear over frames
+                out.append((w[:, 0, :].contiguous(), b))
+            else:
+                out.append(self._multi_channel_weights(layer.conv))
         return out
 
+    def _multi_channel_weights(self, conv: torch.nn.Conv1d):
+        """A multi-channel convolution's weights as :meth:`_multi_channel` takes them:
+        ``[out, in, 1, kernel]`` in channels-last order for oneDNN, and the bias."""
+        w = conv.weight.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        return w, conv.bias
+
+    def _multi_channel(self, layer, x: torch.Tensor, weights) -> torch.Tensor:
+        """One multi-channel convolution: ``[B, T, C]`` contiguous → ``[B, T', C']``."""
+        conv = layer.conv
+        if getattr(layer, "int8_frames", None) is not None:  # enable_fast_path int8-cnn
+            return layer.int8_frames(frames(x, conv.kernel_size[0], conv.stride[0]))
+        w, bias = weights
+        nchw = x.transpose(1, 2).unsqueeze(2)  # [B, T, C] contiguous == NHWC [B, 1, T, C]
+        y = F.conv2d(nchw, w, bias, stride=(1, conv.stride[0])).squeeze(2).transpose(1, 2)
+        return y if y.is_contiguous() else y.contiguous()  # oneDNN chose another layout
+
     def forward(self, input_values: torch.Tensor) -> torch.Tensor:
-        if not (self._supported() and _inference_fp32_cpu(input_values, self)):
+        if not (self._supported() and inference_fp32_cpu(input_values, self)):
             return super().forward(input_values)
-        weights = _cached(self, self._weights)
+        weights = cached(self, self._weights)
         x = input_values
-        for layer, w in zip(self.conv_layers, weights):
+        for i, (layer, (w, bias)) in enumerate(zip(self.conv_layers, weights)):
             conv = layer.conv
-            k, s = conv.kernel_size[0], conv.stride[0]
-            if w.dim() == 2:  # [B, T] signal → [B, T', k] overlapping frames (a view)
-                sig = x.contiguous()
-                n_out = (sig.shape[1] - k) // s + 1
-                frames = sig.as_strided((sig.shape[0], n_out, k), (sig.stride(0), s, 1))
-                x = F.linear(frames, w, conv.bias)  # [B, T', C]
-            elif getattr(layer, "int8_frames", None) is not None:  # enable_fast_path int8-cnn
-                # [B, T, C] contiguous: the k rows of one output frame are k*C contiguous
-                # values, so the frames are a strided view [B, T', k*C] (no copy)
-                n_out = (x.shape[1] - k) // s + 1
-                c = x.shape[2]
-                frames = x.as_strided((x.shape[0], n_out, k * c), (x.stride(0), s * c, 1))
-                x = layer.int8_frames(frames)
-            else:  # [B, T, C] contiguous == NHWC [B, 1, T, C] for a [B, C, 1, T] tensor
-                nchw = x.transpose(1, 2).unsqueeze(2)
-                y = F.conv2d(nchw, w, conv.bias, stride=(1, s))
-                x = y.squeeze(2).transpose(1, 2)
-                if not x.is_contiguous():  # oneDNN chose another layout: keep going right
-                    x = x.contiguous()
+            if i == 0 and conv.in_channels == 1:  # [B, T] → [B, T', k] frames (a view)
+                x = F.linear(frames(x.contiguous().unsqueeze(-1), conv.kernel_size[0],
+                                    conv.stride[0]), w, bias)  # [B, T', C]
+            else:
+                x = self._multi_channel(layer, x, (w, bias))
             x = F.layer_norm(x, layer.layer_norm.normalized_shape, layer.layer_norm.weight,
-                             layer.layer_norm.bias, layer.layer_norm.eps)
+                             layer.layer_norm.bias, layer.layer_norm.eps)  # float32 inside
             x = _gelu_inplace(x)
-        return x.transpose(1, 2)  # [B, C, T] view, as transformers returns it
+        return x.float().transpose(1, 2)  # [B, C, T] view, as transformers returns it
+
+
+def frames(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
+    """The overlapping frames a strided convolution reads, as a view: ``[B, T, C]``
+    contiguous → ``[B, T', kernel * C]`` (the ``kernel`` rows of one output frame are
+    ``kernel * C`` contiguous values; no copy).
+
+    >>> x = torch.arange(12.0).reshape(1, 6, 2)
+    >>> frames(x, kernel=3, stride=2).tolist()
+    [[[0.0, 1.0, 2.0, 3.0, 4.0, 5.0], [4.0, 5.0, 6.0, 7.0, 8.0, 9.0]]]
+    """
+    n_out = (x.shape[1] - kernel) // stride + 1
+    c = x.shape[2]
+    return x.as_strided((x.shape[0], n_out, kernel * c), (x.stride(0), stride * c, 1))
 
 
 class FastPositionalConv(w2v.Wav2Vec2PositionalConvEmbedding):
@@ -152,27 +171,32 @@ class FastPositionalConv(w2v.Wav2Vec2PositionalConvEmbedding):
     ('FastPositionalConv', True)
     """
 
+    #: the convolution's dtype (the bf16 fast path's subclass sets bfloat16)
+    conv_dtype = torch.float32
+
     def _supported(self) -> bool:
         return _is_exact_gelu(self.activation) and not hasattr(self.conv, "weight_g")
 
-    def _weight(self) -> torch.Tensor:
+    def _weight(self):
         # conv.weight runs the weight-norm parametrization (or reads the old hook's result)
-        return self.conv.weight.detach().unsqueeze(2).contiguous(
-            memory_format=torch.channels_last)
+        w = self.conv.weight.detach().to(self.conv_dtype).unsqueeze(2)
+        b = self.conv.bias
+        return (w.contiguous(memory_format=torch.channels_last),
+                None if b is None else b.detach().to(self.conv_dtype))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if not (self._supported() and _inference_fp32_cpu(hidden_states, self)):
+        if not (self._supported() and inference_fp32_cpu(hidden_states, self)):
             return super().forward(hidden_states)
-        w = _cached(self, self._weight)
+        w, bias = cached(self, self._weight)
         conv = self.conv
-        nchw = hidden_states.contiguous().transpose(1, 2).unsqueeze(2)
-        y = F.conv2d(nchw, w, conv.bias, padding=(0, conv.padding[0]), groups=conv.groups)
+        nchw = hidden_states.to(self.conv_dtype).contiguous().transpose(1, 2).unsqueeze(2)
+        y = F.conv2d(nchw, w, bias, padding=(0, conv.padding[0]), groups=conv.groups)
         y = y.squeeze(2).transpose(1, 2)  # [B, T + pad, C]
         if self.padding.num_pad_remove > 0:
             y = y[:, : -self.padding.num_pad_remove]
         if not y.is_contiguous():
             y = y.contiguous()
-        return _gelu_inplace(y)
+        return _gelu_inplace(y).float()
 
 
 class FastFeedForward(w2v.Wav2Vec2FeedForward):
@@ -196,7 +220,7 @@ class FastFeedForward(w2v.Wav2Vec2FeedForward):
         return (_is_exact_gelu(self.intermediate_act_fn)
                 and isinstance(self.intermediate_dense,  # modules returning a fresh tensor
                                (torch.nn.Linear, torch.ao.nn.quantized.dynamic.Linear))
-                and _inference_fp32_cpu(x, self))
+                and inference_fp32_cpu(x, self))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if not self._fusable(hidden_states):
@@ -218,109 +242,19 @@ _SWAPS = {
 
 def use_fast_cpu_modules(module: torch.nn.Module, enabled: bool = True) -> torch.nn.Module:
     """Switch, in place, the wav2vec2 feature encoder, positional convolution and
-    feed-forward blocks inside ``module`` to their CPU-inference subclasses (or back, with
-    ``enabled=False``, e.g. before ONNX export). Returns ``module``."""
-    back = {fast: plain for plain, fast in _SWAPS.items()}
+    feed-forward blocks inside ``module`` to their CPU-inference subclasses (or, with
+    ``enabled=False``, every wav2vec2 module subclass of this package, the fast paths'
+    included, back to transformers' class, e.g. before ONNX export). Returns ``module``."""
     for sub in module.modules():
         if enabled and type(sub) in _SWAPS:
             sub.__class__ = _SWAPS[type(sub)]
-        elif not enabled and type(sub) in back:
-            sub.__class__ = back[type(sub)]
-            _CACHE.pop(sub, None)
+        elif not enabled and type(sub).__module__.startswith("agegender_sb."):
+            # this package's subclasses (the fast paths' too) → transformers' own class
+            plain = next((c for c in type(sub).__mro__ if c.__module__ == w2v.__name__), None)
+            if plain is not None:
+                sub.__class__ = plain
+                _CACHE.pop(sub, None)
     return module
-
-
-FAST_PATHS = ("int8", "int8-cnn")
-
-
-def enable_fast_path(model: torch.nn.Module, kind: str = "int8") -> torch.nn.Module:
-    """Opt-in approximate CPU inference: the transformer's matrix products in int8.
-
-    ``kind="int8"``: every ``nn.Linear`` of the wav2vec2 transformer encoder (attention
-    projections and feed-forward; 80 % of the model's arithmetic) becomes PyTorch's dynamic
-    int8 Linear (fbgemm: int8 weights quantised once per output channel, activations per call,
-    int32 accumulation, VNNI where the CPU has it). The convolutional feature encoder, the
-    positional convolution, layer norms, softmax, pooling and both heads stay float32.
-    ``kind="int8-cnn"``: also the feature encoder's six multi-channel convolutions (another
-    15 % of the arithmetic), as int8 matrix products over strided frames; the int8 twins are
-    extra modules (not in ``state_dict``), the float32 weights stay. Results
-    are *not* the reference's: ``benchmarks/fast_path_fidelity.py`` measures how far they move
-    (README / ``benchmarks/RESULTS.md``). In place; returns ``model`` (e.g. an
-    :class:`~agegender_sb.model.AgeGenderModel` or ``clf.mods.model``). CPU inference only.
-
-    Raises
-    ------
-    ValueError
-        An unknown ``kind``, a model without a wav2vec2 transformer encoder, or one that is
-        not on the CPU.
-    RuntimeError
-        A torch build without an int8 CPU engine.
-
-    Example
-    -------
-    >>> from transformers import Wav2Vec2Config, Wav2Vec2Model
-    >>> enc = Wav2Vec2Model(Wav2Vec2Config(hidden_size=32, num_hidden_layers=1,
-    ...     num_attention_heads=2, intermediate_size=37, conv_dim=[16] * 7,
-    ...     num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)).eval()
-    >>> _ = enable_fast_path(enc, "int8")
-    >>> type(enc.encoder.layers[0].feed_forward.intermediate_dense).__name__
-    'Linear'
-    >>> enc.encoder.layers[0].feed_forward.intermediate_dense.__module__
-    'torch.ao.nn.quantized.dynamic.modules.linear'
-    """
-    if kind not in FAST_PATHS:
-        raise ValueError(f"fast path kind must be one of {FAST_PATHS}, got {kind!r}")
-    encoders = [m for m in model.modules()
-                if isinstance(m, (w2v.Wav2Vec2Encoder, w2v.Wav2Vec2EncoderStableLayerNorm))]
-    if not encoders:
-        raise ValueError(f"{type(model).__name__} holds no wav2vec2 transformer encoder")
-    devices = {p.device.type for p in model.parameters()}
-    if devices - {"cpu"}:
-        raise ValueError(f"the int8 fast paths run on the CPU; the model is on {devices}")
-    if torch.backends.quantized.engine in (None, "none"):
-        raise RuntimeError("this torch build has no int8 CPU engine "
-                           f"(engines: {torch.backends.quantized.supported_engines})")
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    from .fast_linear import OneDNNLinear
-
-    for encoder in encoders:
-        for sub in encoder.modules():  # quantize_dynamic matches the exact class
-            if type(sub) is OneDNNLinear:
-                sub.__class__ = torch.nn.Linear
-        with warnings.catch_warnings():  # torch.ao's deprecation notice (torchao migration)
-            warnings.simplefilter("ignore")
-            quantize_dynamic(encoder, {torch.nn.Linear: per_channel_dynamic_qconfig},
-                             dtype=torch.qint8, inplace=True)
-    if kind == "int8-cnn":
-        for fe in model.modules():
-            if isinstance(fe, FastFeatureEncoder) and fe._supported():
-                _quantize_cnn(fe)
-    model.eval()
-    return model
-
-
-def _quantize_cnn(encoder: FastFeatureEncoder) -> None:
-    """Give the feature encoder's multi-channel convolutions an int8 twin: a dynamic int8
-    Linear over frames of ``kernel * channels`` values (weights reordered to match)."""
-    from torch.ao.nn.quantized.dynamic import Linear as QLinear
-    from torch.ao.quantization import per_channel_dynamic_qconfig
-
-    for layer in encoder.conv_layers:
-        conv = layer.conv
-        out_c, in_c, k = conv.weight.shape
-        if in_c == 1:
-            continue  # the first convolution: tiny, memory-bound
-        lin = torch.nn.Linear(k * in_c, out_c, bias=conv.bias is not None)
-        with torch.no_grad():
-            lin.weight.copy_(conv.weight.permute(0, 2, 1).reshape(out_c, k * in_c))
-            if conv.bias is not None:
-                lin.bias.copy_(conv.bias)
-        lin.qconfig = per_channel_dynamic_qconfig
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            # kept out of the module tree (and so out of state_dict and .to())
-            layer.__dict__["int8_frames"] = QLinear.from_float(lin)
 
 
 def plain_torch_modules(module: torch.nn.Module) -> torch.nn.Module:

@@ -72,6 +72,6 @@ def use_onednn_linear(module: torch.nn.Module, enabled: bool = True) -> torch.nn
     for sub in module.modules():
         if enabled and type(sub) is torch.nn.Linear:
             sub.__class__ = OneDNNLinear
-        elif not enabled and type(sub) is OneDNNLinear:
+        elif not enabled and isinstance(sub, OneDNNLinear):  # subclasses too
             sub.__class__ = torch.nn.Linear
     return module

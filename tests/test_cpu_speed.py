@@ -1,10 +1,8 @@
-"""Channels-last CPU modules (same numbers as transformers' and the model card's) and the
-opt-in int8 fast path (approximate, and only where asked for)."""
+"""Channels-last CPU modules: same numbers as transformers' and the model card's."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from reference import card_process
 from transformers.models.wav2vec2 import modeling_wav2vec2 as w2v
@@ -14,7 +12,6 @@ from agegender_sb.cpu_speed import (
     FastFeatureEncoder,
     FastFeedForward,
     FastPositionalConv,
-    enable_fast_path,
     plain_torch_modules,
     use_fast_cpu_modules,
 )
@@ -123,51 +120,3 @@ def test_classifier_matches_the_model_card(tiny_card, tiny_checkpoint):
         assert abs(float(pred.age_raw[0]) - float(ref["age"])) < 1e-5
         assert (pred.embedding[0] - ref["embedding"]).abs().max() < 1e-5
         assert (pred.gender_probs[0] - ref["gender_probs"]).abs().max() < 1e-5
-
-
-def test_int8_fast_path_is_close_and_opt_in(tiny_checkpoint):
-    fp32 = AgeGenderClassifier.from_hparams(source=tiny_checkpoint)
-    fast = AgeGenderClassifier.from_hparams(source=tiny_checkpoint)
-    assert enable_fast_path(fast.mods.model, "int8") is fast.mods.model
-    model = fast.mods.model
-    layer = model.encoder.model.encoder.layers[0]
-    for lin in (layer.attention.q_proj, layer.feed_forward.intermediate_dense):
-        assert isinstance(lin, torch.ao.nn.quantized.dynamic.Linear)
-    assert not any(type(m) is torch.nn.Linear for m in model.encoder.model.encoder.modules())
-    assert type(model.age_head.dense) is torch.nn.Linear  # heads stay float32
-    assert type(model.encoder.model.feature_extractor) is FastFeatureEncoder
-    wavs, lens = _batch()
-    a, b = fp32.predict_batch(wavs, lens), fast.predict_batch(wavs, lens)
-    scale = a.embedding.abs().max()
-    dev = (a.embedding - b.embedding).abs().max()
-    assert 0 < dev < 0.05 * scale  # approximate: it moves, but not far
-    assert (a.age_raw - b.age_raw).abs().max() < 0.02
-
-
-def test_fast_path_rejects_bad_requests():
-    fast, _ = _pair()
-    with pytest.raises(ValueError, match="kind must be one of"):
-        enable_fast_path(fast, "fp4")
-    with pytest.raises(ValueError, match="no wav2vec2 transformer encoder"):
-        enable_fast_path(torch.nn.Linear(3, 3))
-    with pytest.raises(ValueError, match="run on the CPU"):
-        enable_fast_path(fast.to("meta"))
-
-
-def test_int8_cnn_quantises_the_strided_convolutions():
-    fast, plain = _pair(conv_dim=[64] * 7)
-    n_keys = len(fast.state_dict())
-    enable_fast_path(fast, "int8-cnn")
-    layers = fast.model.feature_extractor.conv_layers
-    assert "int8_frames" not in layers[0].__dict__  # the 1-channel first convolution stays
-    assert all(isinstance(layer.__dict__["int8_frames"], torch.ao.nn.quantized.dynamic.Linear)
-               for layer in layers[1:])
-    other = _pair(conv_dim=[64] * 7)[0]
-    enable_fast_path(other, "int8")
-    assert len(fast.state_dict()) == len(other.state_dict()) != n_keys  # no extra tensors
-    wavs, lens = _batch()
-    with torch.inference_mode():
-        ref = plain.model.feature_extractor(wavs)
-        out = fast.model.feature_extractor(wavs)
-    # int8 rounding moves it by a few per cent; a wrong frame/weight order by about 100 %
-    assert 0 < (out - ref).norm() < 0.1 * ref.norm()
