@@ -135,9 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
                    help="autocast precision for the torch backend; fp16/bf16 trade fidelity "
                         "for speed (default: %(default)s)")
-    p.add_argument("--fast-path", choices=("int8",), default=None,
-                   help="CPU only: the transformer's matrix products in int8, about twice as "
-                        "fast, not the reference's numbers (see README)")
+    p.add_argument("--fast-path", choices=("auto", "bf16", "int8"), default=None,
+                   help="CPU only, faster and not the reference's numbers (see README): "
+                        "bf16 (matrix products in bfloat16, for CPUs with AMX or "
+                        "AVX512-BF16), int8 (the transformer's in int8), auto (bf16 where "
+                        "the CPU has it, else int8; the table's record says which)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress report")
     p.set_defaults(func=cmd_predict)
 
@@ -356,7 +358,7 @@ def _provenance(args, clf, analyzer, fmt) -> dict:
             "model": {"source": str(args.source), "fingerprint": clf.fingerprint,
                       "labels": list(clf.labels)},
             "backend": args.backend, "precision": args.precision,
-            "fast_path": args.fast_path,
+            "fast_path": clf.fast_path,  # "auto" resolved
             "analysis": analyzer.settings(), "format": fmt}
 
 

@@ -72,12 +72,13 @@ class AgeGenderClassifier(EncoderClassifier):
         self.onnx_session = None
         if backend == "onnx":
             self.onnx_session = self._open_onnx(onnx_path, onnx_threads)
-        self.fast_path = fast_path
+        self.fast_path = None
         if fast_path is not None:
-            from .cpu_speed import enable_fast_path
+            from .fast_paths import enable_fast_path, resolve_fast_path
 
+            self.fast_path = resolve_fast_path(fast_path)  # "auto" → what this CPU runs
             self.fingerprint  # noqa: B018 -- of the float32 weights the fast path derives from
-            enable_fast_path(self.mods.model, fast_path)
+            enable_fast_path(self.mods.model, self.fast_path)
 
     @property
     def settings(self) -> dict:
@@ -164,9 +165,12 @@ class AgeGenderClassifier(EncoderClassifier):
             ONNX Runtime (``pip install "agegender_sb[onnx]"``), exporting it once to
             ``onnx_path`` (default: ``savedir`` or ``~/.cache/agegender_sb/onnx``, named by a
             hash of the weights); ``onnx_path`` may also name an existing export, ours or
-            audEERING's; ``onnx_threads`` sets ONNX Runtime's thread count. ``fast_path="int8"``
-            (CPU, torch backend) runs the transformer's matrix products in int8: about 2x
-            faster, not the reference's numbers (README, "Speed").
+            audEERING's; ``onnx_threads`` sets ONNX Runtime's thread count. ``fast_path``
+            (CPU, torch backend; :mod:`agegender_sb.fast_paths`): ``"bf16"`` (the matrix
+            products in bfloat16; for CPUs with AMX or AVX512-BF16), ``"int8"`` (the
+            transformer's in int8), ``"auto"`` (bf16 where the CPU has it, else int8;
+            ``clf.fast_path`` says which): faster, not the reference's numbers (README,
+            "Speed").
 
         Raises
         ------

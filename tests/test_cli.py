@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -933,3 +934,32 @@ def test_fast_path_option(corpus, tiny_checkpoint, tmp_path):
                     "--fast-path", "int8") == 2
     assert _predict(corpus["good"][0], "--source", tiny_checkpoint, "--fast-path", "int8",
                     "--backend", "onnx") == 2
+
+
+def test_fast_path_bf16_and_auto(corpus, tiny_checkpoint, tmp_path):
+    """--fast-path bf16 is close to the fp32 table; auto is recorded as the kind it ran, so
+    the table resumes with that kind named."""
+    from agegender_sb.fast_linear import onednn_available
+    from agegender_sb.fast_paths import resolve_fast_path
+
+    if not onednn_available():
+        pytest.skip("torch built without oneDNN")
+    fp32, bf16, auto = tmp_path / "fp32.csv", tmp_path / "bf16.csv", tmp_path / "auto.csv"
+    assert _predict(*corpus["good"], "--source", tiny_checkpoint, "-o", fp32) == 0
+    with warnings.catch_warnings():  # a CPU without bf16 arithmetic warns; still runs
+        warnings.simplefilter("ignore")
+        assert _predict(*corpus["good"], "--source", tiny_checkpoint, "-o", bf16,
+                        "--fast-path", "bf16") == 0
+    a, b = _file_rows(_read(fp32)), _file_rows(_read(bf16))
+    assert [r["path"] for r in a] == [r["path"] for r in b]
+    assert max(abs(float(x["age"]) - float(y["age"])) for x, y in zip(a, b)) < 1.0
+    assert json.loads((tmp_path / "bf16.csv.agegender.json").read_text())["fast_path"] == "bf16"
+    assert _predict(*corpus["good"], "--source", tiny_checkpoint, "-o", auto,
+                    "--fast-path", "auto") == 0
+    ran = json.loads((tmp_path / "auto.csv.agegender.json").read_text())["fast_path"]
+    assert ran == resolve_fast_path("auto") in ("bf16", "int8")
+    assert _predict(*corpus["good"], "--source", tiny_checkpoint, "-o", auto, "--resume",
+                    "--fast-path", ran) == 0
+    other = "int8" if ran == "bf16" else "bf16"
+    assert _predict(*corpus["good"], "--source", tiny_checkpoint, "-o", auto, "--resume",
+                    "--fast-path", other) == 2
