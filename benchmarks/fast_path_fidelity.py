@@ -1,4 +1,4 @@
-"""How far the opt-in fast path (``agegender_sb.cpu_speed.enable_fast_path``) moves the
+"""How far the opt-in fast path (``agegender_sb.fast_paths.enable_fast_path``) moves the
 outputs of the default float32 path, on real speech, with its speed beside it.
 
 Both models are loaded in one process from the same checkpoint (default: the full-size
@@ -54,7 +54,7 @@ def main(argv=None) -> None:
     parser.add_argument("--checkpoint", help="audEERING-layout folder (default: random 24-layer)")
     parser.add_argument("--workdir", help="where the random checkpoint is kept")
     parser.add_argument("--data", help="speechocean762 root (train/ and test/ with wav.scp)")
-    parser.add_argument("--kind", default="int8")
+    parser.add_argument("--kind", default="int8", choices=("bf16", "int8", "int8-cnn"))
     parser.add_argument("--max-files", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", help="write the numbers here too")
@@ -65,7 +65,7 @@ def main(argv=None) -> None:
     from speed import build_checkpoint
 
     from agegender_sb import AgeGenderClassifier
-    from agegender_sb.cpu_speed import enable_fast_path
+    from agegender_sb.fast_paths import enable_fast_path
 
     if args.threads:
         torch.set_num_threads(args.threads)

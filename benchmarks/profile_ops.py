@@ -84,7 +84,7 @@ def main(argv=None) -> None:
     from transformers import Wav2Vec2FeatureExtractor
 
     from agegender_sb import AgeGenderClassifier
-    from agegender_sb.cpu_speed import enable_fast_path
+    from agegender_sb.fast_paths import enable_fast_path
 
     torch.set_num_threads(args.threads)
     if args.checkpoint is None:

@@ -12,9 +12,8 @@ one file at a time:
    ``tests/reference.py``), file read with soundfile;
 2. ``package``: ``AgeGenderClassifier.predict_file(path, vad=None)`` (the default float32
    path, every sample analysed as the reference does);
-3. ``package-int8`` and ``package-int8-cnn``: the same after
-   ``agegender_sb.cpu_speed.enable_fast_path(model, "int8" or "int8-cnn")`` (opt-in,
-   approximate);
+3. ``package-bf16``, ``package-int8`` and ``package-int8-cnn``: the same after
+   ``agegender_sb.fast_paths.enable_fast_path(model, kind)`` (opt-in, approximate);
 4. ``onnx``: ``AgeGenderClassifier(..., backend="onnx")`` (ONNX Runtime, fp32);
 5. ``onnx-int8``: the same graph with int8 dynamic quantisation of its MatMul weights
    (``agegender_sb.onnx_export.quantize_onnx_dynamic``);
@@ -58,11 +57,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-PATHS = ("reference", "package", "package-int8", "package-int8-cnn", "package-batched", "onnx",
-         "onnx-int8")
-DEFAULT_PATHS = ("reference", "package", "package-int8", "package-int8-cnn", "onnx", "onnx-int8")
+PATHS = ("reference", "package", "package-bf16", "package-int8", "package-int8-cnn",
+         "package-batched", "onnx", "onnx-int8")
+DEFAULT_PATHS = ("reference", "package", "package-bf16", "package-int8", "package-int8-cnn",
+                 "onnx", "onnx-int8")
 AUDIO_EXT = (".wav", ".flac", ".ogg")
 LABELS = {"reference": "model card's reference", "package": "**package (default, fp32)**",
+          "package-bf16": "package, fast path `bf16` (opt-in)",
           "package-int8": "package, fast path `int8` (opt-in)",
           "package-int8-cnn": "package, fast path `int8-cnn` (opt-in)", "onnx": "ONNX Runtime fp32",
           "onnx-int8": "ONNX Runtime int8", "package-batched": "package, batched"}
@@ -122,8 +123,8 @@ def _load(path_name: str, args):
     precision = args.precision if path_name in ("package", "package-batched") else "fp32"
     clf = AgeGenderClassifier.from_hparams(
         source=args.checkpoint, run_opts={"device": device, "precision": precision}, **kwargs)
-    if path_name in ("package-int8", "package-int8-cnn"):
-        from agegender_sb.cpu_speed import enable_fast_path
+    if path_name in ("package-bf16", "package-int8", "package-int8-cnn"):
+        from agegender_sb.fast_paths import enable_fast_path
 
         enable_fast_path(clf.mods.model, path_name[len("package-"):])
 
