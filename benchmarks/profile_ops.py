@@ -1,5 +1,5 @@
 """Where the time goes: the model card's reference, the package's default float32 path and
-its int8 fast paths, part by part and op by op, on one utterance.
+its bf16 and int8 fast paths, part by part and op by op, on one utterance.
 
 Each part of the network (CNN feature encoder, feature projection, positional convolution,
 attention blocks, feed-forward blocks, layer norms, pooling and heads) is wrapped in a
@@ -95,13 +95,13 @@ def main(argv=None) -> None:
     fp32 = AgeGenderClassifier.from_hparams(source=args.checkpoint).mods.model.eval()
     fast = {kind: enable_fast_path(
         AgeGenderClassifier.from_hparams(source=args.checkpoint).mods.model.eval(), kind)
-        for kind in ("int8", "int8-cnn")}
+        for kind in ("bf16", "int8", "int8-cnn")}
     rng = np.random.default_rng(0)
     signal = (0.1 * rng.standard_normal(int(args.seconds * 16000))).astype(np.float32)
     y = torch.from_numpy(np.asarray(fe(signal, sampling_rate=16000)["input_values"][0],
                                     dtype=np.float32)).reshape(1, -1)
     x = torch.from_numpy(signal).reshape(1, -1)
-    runs = {"reference": (ref, y), "package fp32": (fp32, x),
+    runs = {"reference": (ref, y), "package fp32": (fp32, x), "package bf16": (fast["bf16"], x),
             "package int8": (fast["int8"], x), "package int8-cnn": (fast["int8-cnn"], x)}
     for model, _ in runs.values():
         annotate(model)

@@ -155,11 +155,14 @@ def test_bf16_fast_path_swaps_modules_and_keeps_the_state_dict():
     assert list(state) == list(keys)
     assert all(torch.equal(state[k], v) for k, v in keys.items())
     wavs, lens = _batch()
+    separate_projections = []  # the fused path never calls q_proj on its own
+    layer.attention.q_proj.register_forward_hook(lambda *a: separate_projections.append(1))
     with torch.inference_mode():
-        f_frames, f_mask = fast(wavs, lens)
+        f_frames, f_mask = fast(wavs, lens)  # a padded batch: with an attention mask
         p_frames, p_mask = plain(wavs, lens)
         f_feat = m.feature_extractor(wavs)
         p_feat = plain.model.feature_extractor(wavs)
+    assert separate_projections == []
     assert torch.equal(f_mask, p_mask)
     assert f_frames.dtype == f_feat.dtype == torch.float32
     for f, p in ((f_feat, p_feat), (f_frames, p_frames)):
