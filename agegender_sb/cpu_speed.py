@@ -87,7 +87,9 @@ class FastFeatureEncoder(w2v.Wav2Vec2FeatureEncoder):
     ('FastFeatureEncoder', torch.Size([2, 8, 12]), True)
     """
 
-    def _supported(self) -> bool:
+    def supported(self) -> bool:
+        """Whether this encoder's configuration is the one the channels-last path computes
+        (layer-norm convolutions, exact GELU, no padding, dilation or groups)."""
         return all(type(layer) is w2v.Wav2Vec2LayerNormConvLayer
                    and _is_exact_gelu(layer.activation)
                    and layer.conv.padding == (0,) and layer.conv.dilation == (1,)
@@ -121,7 +123,7 @@ class FastFeatureEncoder(w2v.Wav2Vec2FeatureEncoder):
         return y if y.is_contiguous() else y.contiguous()  # oneDNN chose another layout
 
     def forward(self, input_values: torch.Tensor) -> torch.Tensor:
-        if not (self._supported() and inference_fp32_cpu(input_values, self)):
+        if not (self.supported() and inference_fp32_cpu(input_values, self)):
             return super().forward(input_values)
         weights = cached(self, self._weights)
         x = input_values

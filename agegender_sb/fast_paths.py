@@ -326,7 +326,7 @@ def _enable_int8(model: torch.nn.Module, encoders, with_cnn: bool) -> None:
                              dtype=torch.qint8, inplace=True)
     if with_cnn:
         for fe in model.modules():
-            if isinstance(fe, FastFeatureEncoder) and fe._supported():
+            if isinstance(fe, FastFeatureEncoder) and fe.supported():
                 _quantize_cnn(fe)
 
 
