@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from reference import card_process
+from tiny_encoders import encoder_pair, padded_batch
 from transformers.models.wav2vec2 import modeling_wav2vec2 as w2v
 
 from agegender_sb import AgeGenderClassifier
@@ -15,36 +16,11 @@ from agegender_sb.cpu_speed import (
     plain_torch_modules,
     use_fast_cpu_modules,
 )
-from agegender_sb.encoder import Wav2Vec2Encoder
 from agegender_sb.fast_linear import OneDNNLinear
-
-KWARGS = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-              conv_dim=[16] * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
-              feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True)
-
-
-def _pair(seed=0, **overrides):
-    torch.manual_seed(seed)
-    fast = Wav2Vec2Encoder({**KWARGS, **overrides}).eval()
-    plain = Wav2Vec2Encoder({**KWARGS, **overrides}, onednn_linear=False).eval()
-    with torch.no_grad():  # non-zero biases and layer-norm affines: the test is stricter
-        for p in fast.parameters():
-            if p.dim() == 1:
-                p.add_(torch.randn_like(p) * 0.1)
-    plain.load_state_dict(fast.state_dict())
-    return fast, plain
-
-
-def _batch(seed=1):
-    g = torch.Generator().manual_seed(seed)
-    wavs = torch.randn(3, 12000, generator=g)
-    wavs[1, 7000:] = 0
-    wavs[2, 3001:] = 0
-    return wavs, torch.tensor([1.0, 7000 / 12000, 3001 / 12000])
 
 
 def test_encoder_uses_the_cpu_modules_and_keeps_its_state_dict():
-    fast, plain = _pair()
+    fast, plain = encoder_pair()
     m = fast.model
     assert type(m.feature_extractor) is FastFeatureEncoder
     assert type(m.encoder.pos_conv_embed) is FastPositionalConv
@@ -54,8 +30,8 @@ def test_encoder_uses_the_cpu_modules_and_keeps_its_state_dict():
 
 
 def test_same_numbers_as_transformers_modules_on_a_padded_batch():
-    fast, plain = _pair()
-    wavs, lens = _batch()
+    fast, plain = encoder_pair()
+    wavs, lens = padded_batch()
     with torch.inference_mode():
         f_frames, f_mask = fast(wavs, lens)
         p_frames, p_mask = plain(wavs, lens)
@@ -68,12 +44,12 @@ def test_same_numbers_as_transformers_modules_on_a_padded_batch():
 
 
 def test_cached_weight_norm_follows_weight_changes():
-    fast, plain = _pair()
-    wavs, _ = _batch()
+    fast, plain = encoder_pair()
+    wavs, _ = padded_batch()
     with torch.inference_mode():
         fast(wavs)  # fills the caches
     torch.manual_seed(5)
-    other, _ = _pair(seed=5)
+    other, _ = encoder_pair(seed=5)
     fast.load_state_dict(other.state_dict())  # in-place copies: new versions
     plain.load_state_dict(other.state_dict())
     with torch.inference_mode():
@@ -86,11 +62,11 @@ def test_cached_weight_norm_follows_weight_changes():
 
 
 def test_training_takes_transformers_path_with_the_same_gradients():
-    fast, plain = _pair(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+    fast, plain = encoder_pair(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
                         feat_proj_dropout=0.0, layerdrop=0.0, apply_spec_augment=False)
     fast.train()
     plain.train()
-    wavs, _ = _batch()
+    wavs, _ = padded_batch()
     fast(wavs)[0].square().mean().backward()
     plain(wavs)[0].square().mean().backward()
     for (name, a), b in zip(fast.named_parameters(), plain.parameters()):
@@ -99,7 +75,7 @@ def test_training_takes_transformers_path_with_the_same_gradients():
 
 
 def test_switching_back_restores_transformers_classes():
-    fast, _ = _pair()
+    fast, _ = encoder_pair()
     plain_torch_modules(fast)  # what ONNX export calls
     assert not any(isinstance(m, OneDNNLinear) for m in fast.modules())
     assert type(fast.model.feature_extractor) is w2v.Wav2Vec2FeatureEncoder

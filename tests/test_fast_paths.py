@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_encoders import encoder_pair, padded_batch
 from transformers.models.wav2vec2 import modeling_wav2vec2 as w2v
 
 from agegender_sb import AgeGenderClassifier
 from agegender_sb.cpu_speed import FastFeatureEncoder, plain_torch_modules
-from agegender_sb.encoder import Wav2Vec2Encoder
 from agegender_sb.fast_linear import OneDNNLinear, onednn_available
 from agegender_sb.fast_paths import (
     BF16Attention,
@@ -21,31 +21,8 @@ from agegender_sb.fast_paths import (
     resolve_fast_path,
 )
 
-KWARGS = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-              conv_dim=[16] * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
-              feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True)
-
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="torch built without oneDNN")
 
-
-def _pair(seed=0, **overrides):
-    torch.manual_seed(seed)
-    fast = Wav2Vec2Encoder({**KWARGS, **overrides}).eval()
-    plain = Wav2Vec2Encoder({**KWARGS, **overrides}, onednn_linear=False).eval()
-    with torch.no_grad():  # non-zero biases and layer-norm affines: the test is stricter
-        for p in fast.parameters():
-            if p.dim() == 1:
-                p.add_(torch.randn_like(p) * 0.1)
-    plain.load_state_dict(fast.state_dict())
-    return fast, plain
-
-
-def _batch(seed=1):
-    g = torch.Generator().manual_seed(seed)
-    wavs = torch.randn(3, 12000, generator=g)
-    wavs[1, 7000:] = 0
-    wavs[2, 3001:] = 0
-    return wavs, torch.tensor([1.0, 7000 / 12000, 3001 / 12000])
 
 
 def _bf16(t: torch.Tensor) -> torch.Tensor:
@@ -139,7 +116,7 @@ def test_bf16_attention_falls_back_for_attention_weights():
 
 @needs_onednn
 def test_bf16_fast_path_swaps_modules_and_keeps_the_state_dict():
-    fast, plain = _pair()
+    fast, plain = encoder_pair()
     keys = {k: v.clone() for k, v in fast.state_dict().items()}
     assert enable_fast_path(fast, "bf16") is fast
     m = fast.model
@@ -154,7 +131,7 @@ def test_bf16_fast_path_swaps_modules_and_keeps_the_state_dict():
     state = fast.state_dict()
     assert list(state) == list(keys)
     assert all(torch.equal(state[k], v) for k, v in keys.items())
-    wavs, lens = _batch()
+    wavs, lens = padded_batch()
     separate_projections = []  # the fused path never calls q_proj on its own
     layer.attention.q_proj.register_forward_hook(lambda *a: separate_projections.append(1))
     with torch.inference_mode():
@@ -179,14 +156,14 @@ def test_bf16_fast_path_swaps_modules_and_keeps_the_state_dict():
 
 @needs_onednn
 def test_bf16_packed_weights_follow_weight_changes():
-    fast, _ = _pair()
+    fast, _ = encoder_pair()
     enable_fast_path(fast, "bf16")
-    wavs, lens = _batch()
+    wavs, lens = padded_batch()
     with torch.inference_mode():
         fast(wavs, lens)  # fills the caches
-    other, _ = _pair(seed=7)
+    other, _ = encoder_pair(seed=7)
     fast.load_state_dict(other.state_dict())  # in-place copies: new tensor versions
-    fresh, _ = _pair(seed=7)
+    fresh, _ = encoder_pair(seed=7)
     enable_fast_path(fresh, "bf16")
     with torch.inference_mode():
         assert torch.equal(fast(wavs, lens)[0], fresh(wavs, lens)[0])
@@ -194,12 +171,12 @@ def test_bf16_packed_weights_follow_weight_changes():
 
 @needs_onednn
 def test_bf16_training_and_gradients_take_the_float32_path():
-    fast, plain = _pair(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+    fast, plain = encoder_pair(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
                         feat_proj_dropout=0.0, layerdrop=0.0, apply_spec_augment=False)
     enable_fast_path(fast, "bf16")
     fast.train()
     plain.train()
-    wavs, _ = _batch()
+    wavs, _ = padded_batch()
     a, b = fast(wavs)[0], plain(wavs)[0]
     assert (a - b).abs().max() < 1e-5
     a.square().mean().backward()
@@ -215,7 +192,7 @@ def test_bf16_classifier_is_close_to_float32(tiny_checkpoint):
     fast = AgeGenderClassifier.from_hparams(source=tiny_checkpoint, fast_path="bf16")
     assert fast.fast_path == "bf16"
     assert type(fast.mods.model.age_head.dense) is torch.nn.Linear  # heads stay float32
-    wavs, lens = _batch()
+    wavs, lens = padded_batch()
     a, b = fp32.predict_batch(wavs, lens), fast.predict_batch(wavs, lens)
     dev = (a.embedding - b.embedding).abs().max()
     assert 0 < dev < 0.05 * a.embedding.abs().max()
@@ -243,14 +220,14 @@ def test_bf16_warns_where_the_cpu_emulates_it(monkeypatch):
     import agegender_sb.fast_paths as fast_paths
 
     monkeypatch.setattr(fast_paths, "native_bf16", lambda cpuinfo=None: False)
-    fast, _ = _pair()
+    fast, _ = encoder_pair()
     with pytest.warns(RuntimeWarning, match="emulated"):
         enable_fast_path(fast, "bf16")
     assert resolve_fast_path("auto") == "int8"
 
 
 def test_a_second_fast_path_is_refused():
-    fast, _ = _pair()
+    fast, _ = encoder_pair()
     enable_fast_path(fast, "int8")
     with pytest.raises(ValueError, match="already runs the 'int8' fast path"):
         enable_fast_path(fast, "bf16")
@@ -268,7 +245,7 @@ def test_int8_fast_path_is_close_and_opt_in(tiny_checkpoint):
     assert not any(type(m) is torch.nn.Linear for m in model.encoder.model.encoder.modules())
     assert type(model.age_head.dense) is torch.nn.Linear  # heads stay float32
     assert type(model.encoder.model.feature_extractor) is FastFeatureEncoder
-    wavs, lens = _batch()
+    wavs, lens = padded_batch()
     a, b = fp32.predict_batch(wavs, lens), fast.predict_batch(wavs, lens)
     scale = a.embedding.abs().max()
     dev = (a.embedding - b.embedding).abs().max()
@@ -277,7 +254,7 @@ def test_int8_fast_path_is_close_and_opt_in(tiny_checkpoint):
 
 
 def test_fast_path_rejects_bad_requests():
-    fast, _ = _pair()
+    fast, _ = encoder_pair()
     with pytest.raises(ValueError, match="kind must be one of"):
         enable_fast_path(fast, "fp4")
     with pytest.raises(ValueError, match="no wav2vec2 transformer encoder"):
@@ -287,17 +264,17 @@ def test_fast_path_rejects_bad_requests():
 
 
 def test_int8_cnn_quantises_the_strided_convolutions():
-    fast, plain = _pair(conv_dim=[64] * 7)
+    fast, plain = encoder_pair(conv_dim=[64] * 7)
     n_keys = len(fast.state_dict())
     enable_fast_path(fast, "int8-cnn")
     layers = fast.model.feature_extractor.conv_layers
     assert "int8_frames" not in layers[0].__dict__  # the 1-channel first convolution stays
     assert all(isinstance(layer.__dict__["int8_frames"], torch.ao.nn.quantized.dynamic.Linear)
                for layer in layers[1:])
-    other = _pair(conv_dim=[64] * 7)[0]
+    other = encoder_pair(conv_dim=[64] * 7)[0]
     enable_fast_path(other, "int8")
     assert len(fast.state_dict()) == len(other.state_dict()) != n_keys  # no extra tensors
-    wavs, lens = _batch()
+    wavs, lens = padded_batch()
     with torch.inference_mode():
         ref = plain.model.feature_extractor(wavs)
         out = fast.model.feature_extractor(wavs)
