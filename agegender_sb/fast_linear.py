@@ -4,10 +4,8 @@ PyTorch computes ``nn.Linear`` on the CPU with its BLAS (MKL in the PyPI wheels)
 processors — AMD EPYC with AVX-512, for one — runs its AVX2 code path. oneDNN, which PyTorch
 also ships, picks its kernels by instruction set, not by vendor (the measured difference is in
 README, "Speed"). :func:`use_onednn_linear` switches a module's Linear
-layers to oneDNN for inference only where :func:`onednn_fp32_preferred` (not on Intel CPUs
-with MKL, where MKL measured 6-8 % faster); training, autocast, other devices and builds
-without oneDNN take PyTorch's usual path, and parameters and ``state_dict`` keys are
-unchanged.
+layers to oneDNN for inference only; training, autocast, other devices and builds without
+oneDNN take PyTorch's usual path, and parameters and ``state_dict`` keys are unchanged.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ import functools
 
 import torch
 
-__all__ = ["OneDNNLinear", "onednn_available", "onednn_fp32_preferred", "use_onednn_linear"]
+__all__ = ["OneDNNLinear", "onednn_available", "use_onednn_linear"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -32,39 +30,11 @@ def onednn_available() -> bool:
         return False
 
 
-@functools.lru_cache(maxsize=1)
-def _cpuinfo() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
-def onednn_fp32_preferred(cpuinfo: str | None = None) -> bool:
-    """Whether float32 Linear layers should go through oneDNN rather than PyTorch's BLAS:
-    everywhere oneDNN runs, except on Intel CPUs with MKL (``/proc/cpuinfo``'s vendor, or the
-    ``cpuinfo`` text given), where MKL is as fast or faster (measured: 1450 vs 1545 ms of
-    matrix products per 6 s pass on an Intel Xeon; 2.3x slower than oneDNN on AMD EPYC).
-
-    >>> onednn_fp32_preferred("vendor_id\t: AuthenticAMD") == onednn_available()
-    True
-    >>> onednn_fp32_preferred("vendor_id\t: GenuineIntel") == (
-    ...     onednn_available() and not torch.backends.mkl.is_available())
-    True
-    """
-    text = _cpuinfo() if cpuinfo is None else cpuinfo
-    intel = any(line.startswith("vendor_id") and "GenuineIntel" in line
-                for line in text.splitlines())
-    return onednn_available() and not (intel and torch.backends.mkl.is_available())
-
-
 class OneDNNLinear(torch.nn.Linear):
     """``nn.Linear`` that runs inference on the CPU through oneDNN.
 
-    oneDNN is taken for float32 CPU tensors when no gradient is needed and autocast is off
-    (``_fast``), on CPUs where :func:`onednn_fp32_preferred`; everything else goes through
-    ``nn.Linear.forward``.
+    The fast path is taken for float32 CPU tensors when no gradient is needed and autocast is
+    off; everything else goes through ``nn.Linear.forward``.
 
     Example
     -------
@@ -87,7 +57,7 @@ class OneDNNLinear(torch.nn.Linear):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._fast(x) and onednn_fp32_preferred():
+        if self._fast(x):
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
         return super().forward(x)
 
