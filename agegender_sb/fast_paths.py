@@ -5,12 +5,13 @@ only where asked for (``fast_path=`` / ``--fast-path``), and say so in a table's
 How far they move results, and how fast they are, is measured in README ("Speed") and
 ``benchmarks/RESULTS.md`` (``benchmarks/speed.py``, ``benchmarks/fast_path_fidelity.py``).
 
-- ``"bf16"``: every matrix product of the transformer (attention projections, feed-forward)
-  and the CNN feature encoder's and positional convolution's convolutions take bfloat16
-  inputs and weights, accumulate in float32 (oneDNN; AMX or AVX512-BF16 where the CPU has
-  them) and round their outputs to bfloat16. The residual stream, layer norms, softmax,
-  pooling and both heads stay float32. Weights are converted and reordered once, kept
-  outside the module (not in ``state_dict``) until a weight changes.
+- ``"bf16"``: every matrix product of the transformer (attention projections, scaled
+  dot-product attention, feed-forward) and the CNN feature encoder's and positional
+  convolution's convolutions take bfloat16 inputs and weights, accumulate in float32
+  (oneDNN; AMX or AVX512-BF16 where the CPU has them) and round their outputs to bfloat16.
+  The residual stream, layer norms, softmax statistics, pooling and both heads stay float32.
+  Weights are converted and reordered once, kept outside the module (not in ``state_dict``)
+  until a weight changes.
 - ``"int8"``: the transformer's Linear layers as PyTorch's dynamic int8 Linear (fbgemm: int8
   weights per output channel, activations quantised per call, int32 accumulation).
 - ``"int8-cnn"``: also the feature encoder's multi-channel convolutions in int8.
