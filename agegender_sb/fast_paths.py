@@ -40,7 +40,8 @@ from .cpu_speed import (
 from .fast_linear import OneDNNLinear, onednn_available
 
 __all__ = ["FAST_PATHS", "BF16Linear", "BF16Attention", "BF16FeedForward", "BF16FeatureEncoder",
-           "BF16PositionalConv", "enable_fast_path", "native_bf16", "resolve_fast_path"]
+           "BF16PositionalConv", "bf16_available", "enable_fast_path", "native_bf16",
+           "resolve_fast_path"]
 
 #: the kinds :func:`enable_fast_path` takes ("auto" resolves to one of the others)
 FAST_PATHS = ("auto", "bf16", "int8", "int8-cnn")
@@ -72,7 +73,7 @@ def native_bf16(cpuinfo: str | None = None) -> bool:
 
 def resolve_fast_path(kind: str) -> str:
     """The fast path ``kind`` stands for on this machine: ``"auto"`` becomes ``"bf16"`` where
-    :func:`native_bf16` (and oneDNN) are there, else ``"int8"``; other kinds are returned as
+    :func:`native_bf16` and :func:`bf16_available`, else ``"int8"``; other kinds are returned as
     they are once checked.
 
     >>> resolve_fast_path("int8")
@@ -83,8 +84,26 @@ def resolve_fast_path(kind: str) -> str:
     if kind not in FAST_PATHS:
         raise ValueError(f"fast path kind must be one of {FAST_PATHS}, got {kind!r}")
     if kind == "auto":
-        return "bf16" if native_bf16() and onednn_available() else "int8"
+        return "bf16" if native_bf16() and bf16_available() else "int8"
     return kind
+
+
+@functools.lru_cache(maxsize=1)
+def bf16_available() -> bool:
+    """Whether this torch build runs the bf16 path's oneDNN operators (packed bfloat16
+    weights, bfloat16 products with fused GELU) on the CPU."""
+    if not onednn_available():
+        return False
+    try:
+        lin = torch.nn.Linear(4, 3)
+        with torch.no_grad():
+            lin.weight.fill_(0.5)
+            lin.bias.zero_()
+            y = _bf16_linear(torch.ones(2, 4), _pack(lin), "gelu").float()
+        return bool(torch.allclose(y, torch.nn.functional.gelu(torch.full((2, 3), 2.0)),
+                                   rtol=1e-2))  # bfloat16: 8 significant bits
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
 
 
 def _pack(linear: torch.nn.Linear):
@@ -255,7 +274,8 @@ def enable_fast_path(model: torch.nn.Module, kind: str = "int8") -> torch.nn.Mod
         An unknown ``kind``, a model without a wav2vec2 transformer encoder, one that is not
         on the CPU, or one that already has a fast path.
     RuntimeError
-        A torch build without oneDNN (``"bf16"``) or without an int8 CPU engine.
+        A torch build without oneDNN's bfloat16 operators (``"bf16"``) or without an int8 CPU
+        engine.
 
     Example
     -------
@@ -291,8 +311,9 @@ def enable_fast_path(model: torch.nn.Module, kind: str = "int8") -> torch.nn.Mod
 
 
 def _enable_bf16(model: torch.nn.Module, encoders) -> None:
-    if not onednn_available():
-        raise RuntimeError("the bf16 fast path needs a torch build with oneDNN (mkldnn)")
+    if not bf16_available():
+        raise RuntimeError("this torch build cannot run the bf16 fast path (it needs oneDNN's "
+                           "bfloat16 Linear operators); fast_path='int8' runs here")
     if not native_bf16():
         warnings.warn("this CPU has no bfloat16 arithmetic in hardware (AMX-BF16 or "
                       "AVX512-BF16): the bf16 fast path is emulated and slower than float32 "

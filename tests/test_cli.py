@@ -939,11 +939,10 @@ def test_fast_path_option(corpus, tiny_checkpoint, tmp_path):
 def test_fast_path_bf16_and_auto(corpus, tiny_checkpoint, tmp_path):
     """--fast-path bf16 is close to the fp32 table; auto is recorded as the kind it ran, so
     the table resumes with that kind named."""
-    from agegender_sb.fast_linear import onednn_available
-    from agegender_sb.fast_paths import resolve_fast_path
+    from agegender_sb.fast_paths import bf16_available, resolve_fast_path
 
-    if not onednn_available():
-        pytest.skip("torch built without oneDNN")
+    if not bf16_available():
+        pytest.skip("torch built without oneDNN's bfloat16 operators")
     fp32, bf16, auto = tmp_path / "fp32.csv", tmp_path / "bf16.csv", tmp_path / "auto.csv"
     assert _predict(*corpus["good"], "--source", tiny_checkpoint, "-o", fp32) == 0
     with warnings.catch_warnings():  # a CPU without bf16 arithmetic warns; still runs
