@@ -185,15 +185,15 @@ class BF16Attention(w2v.Wav2Vec2Attention):
             return super().forward(hidden_states, key_value_states, attention_mask,
                                    output_attentions, **kwargs)
         qkv_packed, out_packed = cached(self, self._pack_all)
-        batch, frames, _ = hidden_states.shape
+        batch, n_frames, _ = hidden_states.shape
         qkv = _bf16_linear(hidden_states, qkv_packed)  # [B, T, 3 * E]
-        # [3, B, heads, T, head_dim] views
-        q, k, v = qkv.view(batch, frames, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.view(batch, n_frames, 3, self.num_heads, self.head_dim).permute(
+            2, 0, 3, 1, 4)  # [3, B, heads, T, head_dim] views
         if attention_mask is not None and attention_mask.dtype != torch.bool:
             q, k, v = q.float(), k.float(), v.float()  # an additive float mask: as given
         out = torch.nn.functional.scaled_dot_product_attention(
             q, k, v, attn_mask=attention_mask, scale=self.scaling)
-        out = out.transpose(1, 2).reshape(batch, frames, self.embed_dim)
+        out = out.transpose(1, 2).reshape(batch, n_frames, self.embed_dim)
         return _bf16_linear(out, out_packed).float(), None
 
 
