@@ -99,17 +99,25 @@ def bf16_available() -> bool:
         with torch.no_grad():
             lin.weight.fill_(0.5)
             lin.bias.zero_()
-            y = _bf16_linear(torch.ones(2, 4), _pack(lin), "gelu").float()
+            y = _bf16_linear(torch.ones(2, 4), _pack(lin.weight, lin.bias), "gelu").float()
         return bool(torch.allclose(y, torch.nn.functional.gelu(torch.full((2, 3), 2.0)),
                                    rtol=1e-2))  # bfloat16: 8 significant bits
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
 
 
-def _pack(linear: torch.nn.Linear):
-    """A Linear's weight in bfloat16, reordered into oneDNN's blocked layout, and its bias."""
-    w = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach().bfloat16())
-    return w, None if linear.bias is None else linear.bias.detach().bfloat16()
+def _pack(weight: torch.Tensor, bias: torch.Tensor | None):
+    """A Linear-shaped ``[out, in]`` weight in bfloat16, reordered into oneDNN's blocked
+    layout, and its bias in bfloat16."""
+    w = torch.ops.mkldnn._reorder_linear_weight(weight.detach().bfloat16())
+    return w, None if bias is None else bias.detach().bfloat16()
+
+
+def _frame_weight(conv: torch.nn.Conv1d) -> torch.Tensor:
+    """A strided convolution's weight as the ``[out, kernel * in]`` matrix that multiplies
+    :func:`~agegender_sb.cpu_speed.frames` of its input."""
+    out_c, in_c, k = conv.weight.shape
+    return conv.weight.detach().permute(0, 2, 1).reshape(out_c, k * in_c)
 
 
 def _bf16_linear(x: torch.Tensor, packed, post_op: str = "none") -> torch.Tensor:
@@ -140,7 +148,7 @@ class BF16Linear(OneDNNLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._fast(x):
             return torch.nn.functional.linear(x, self.weight, self.bias)
-        return _bf16_linear(x, cached(self, lambda: _pack(self))).float()
+        return _bf16_linear(x, cached(self, lambda: _pack(self.weight, self.bias))).float()
 
 
 class BF16Attention(w2v.Wav2Vec2Attention):
@@ -165,10 +173,10 @@ class BF16Attention(w2v.Wav2Vec2Attention):
 
     def _pack_all(self):
         projections = (self.q_proj, self.k_proj, self.v_proj)
-        weight = torch.cat([p.weight.detach() for p in projections]).bfloat16()
+        weight = torch.cat([p.weight for p in projections])
         bias = (None if any(p.bias is None for p in projections)
-                else torch.cat([p.bias.detach() for p in projections]).bfloat16())
-        return (torch.ops.mkldnn._reorder_linear_weight(weight), bias), _pack(self.out_proj)
+                else torch.cat([p.bias for p in projections]))
+        return _pack(weight, bias), _pack(self.out_proj.weight, self.out_proj.bias)
 
     def _fast(self, hidden_states, key_value_states, output_attentions, kwargs) -> bool:
         return (key_value_states is None and not output_attentions and not kwargs
@@ -216,7 +224,8 @@ class BF16FeedForward(FastFeedForward):
     """
 
     def _pack_both(self):
-        return _pack(self.intermediate_dense), _pack(self.output_dense)
+        first, second = self.intermediate_dense, self.output_dense
+        return _pack(first.weight, first.bias), _pack(second.weight, second.bias)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if not (self._fusable(hidden_states) and onednn_available()
@@ -235,10 +244,7 @@ class BF16FeatureEncoder(FastFeatureEncoder):
     float32; the one-channel first convolution stays float32)."""
 
     def _multi_channel_weights(self, conv: torch.nn.Conv1d):
-        out_c, in_c, k = conv.weight.shape
-        weight = conv.weight.detach().permute(0, 2, 1).reshape(out_c, k * in_c)
-        bias = None if conv.bias is None else conv.bias.detach().bfloat16()
-        return torch.ops.mkldnn._reorder_linear_weight(weight.bfloat16()), bias
+        return _pack(_frame_weight(conv), conv.bias)
 
     def _multi_channel(self, layer, x: torch.Tensor, weights) -> torch.Tensor:
         conv = layer.conv
@@ -320,10 +326,10 @@ def _enable_bf16(model: torch.nn.Module, encoders) -> None:
                       "here; fast_path='int8' (or 'auto') is the faster choice",
                       RuntimeWarning, stacklevel=3)
     use_fast_cpu_modules(model)
-    swaps = {FastFeatureEncoder: BF16FeatureEncoder, FastPositionalConv: BF16PositionalConv,
-             FastFeedForward: BF16FeedForward, w2v.Wav2Vec2Attention: BF16Attention,
-             torch.nn.Linear: BF16Linear, OneDNNLinear: BF16Linear}
-    for fe in model.modules():
+    swaps = {FastPositionalConv: BF16PositionalConv, FastFeedForward: BF16FeedForward,
+             w2v.Wav2Vec2Attention: BF16Attention, torch.nn.Linear: BF16Linear,
+             OneDNNLinear: BF16Linear}
+    for fe in model.modules():  # the CNN sits outside the transformer encoder
         if type(fe) is FastFeatureEncoder:
             fe.__class__ = BF16FeatureEncoder
     for encoder in encoders:
@@ -360,12 +366,12 @@ def _quantize_cnn(encoder: FastFeatureEncoder) -> None:
 
     for layer in encoder.conv_layers:
         conv = layer.conv
-        out_c, in_c, k = conv.weight.shape
-        if in_c == 1:
+        if conv.in_channels == 1:
             continue  # the first convolution: tiny, memory-bound
-        lin = torch.nn.Linear(k * in_c, out_c, bias=conv.bias is not None)
+        weight = _frame_weight(conv)
+        lin = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=conv.bias is not None)
         with torch.no_grad():
-            lin.weight.copy_(conv.weight.permute(0, 2, 1).reshape(out_c, k * in_c))
+            lin.weight.copy_(weight)
             if conv.bias is not None:
                 lin.bias.copy_(conv.bias)
         lin.qconfig = per_channel_dynamic_qconfig
