@@ -99,6 +99,8 @@ class AgeGenderClassifier(EncoderClassifier):
         torch model's place and free the torch weights: one copy of the model in memory."""
         from .onnx_export import OnnxModel, _import_onnxruntime, export_onnx, release_weights
 
+        if threads is None:  # one thread setting for both backends (--threads, torchrun ranks)
+            threads = torch.get_num_threads()
         _import_onnxruntime()  # fail early, with the install hint, before a long export
         self.fingerprint  # noqa: B018 -- hashed now, while the torch weights exist
         if onnx_path is None:
@@ -165,7 +167,10 @@ class AgeGenderClassifier(EncoderClassifier):
             ONNX Runtime (``pip install "agegender_sb[onnx]"``), exporting it once to
             ``onnx_path`` (default: ``savedir`` or ``~/.cache/agegender_sb/onnx``, named by a
             hash of the weights); ``onnx_path`` may also name an existing export, ours or
-            audEERING's; ``onnx_threads`` sets ONNX Runtime's thread count. ``fast_path``
+            audEERING's; ``onnx_threads`` sets ONNX Runtime's thread count (default:
+            ``torch.get_num_threads()``, so that ``torch.set_num_threads`` and the CLI's
+            ``--threads`` govern both backends; ONNX Runtime's own default, all physical
+            cores, would oversubscribe ranks under torchrun). ``fast_path``
             (CPU, torch backend; :mod:`agegender_sb.fast_paths`): ``"bf16"`` (the matrix
             products in bfloat16; for CPUs with AMX or AVX512-BF16), ``"int8"`` (the
             transformer's in int8), ``"auto"`` (bf16 where the CPU has it, else int8;

@@ -116,10 +116,9 @@ def _load(path_name: str, args):
     from agegender_sb import AgeGenderClassifier
 
     kwargs = {}
-    if path_name == "onnx":
-        kwargs = {"backend": "onnx", "onnx_path": workdir / "model.onnx"}
-    elif path_name == "onnx-int8":
-        kwargs = {"backend": "onnx", "onnx_path": workdir / "model-int8.onnx"}
+    if path_name in ("onnx", "onnx-int8"):  # as many threads as every other path
+        graph = "model.onnx" if path_name == "onnx" else "model-int8.onnx"
+        kwargs = {"backend": "onnx", "onnx_path": workdir / graph, "onnx_threads": args.threads}
     precision = args.precision if path_name in ("package", "package-batched") else "fp32"
     clf = AgeGenderClassifier.from_hparams(
         source=args.checkpoint, run_opts={"device": device, "precision": precision}, **kwargs)

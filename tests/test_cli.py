@@ -508,7 +508,7 @@ def test_columns_follow_model_labels():
         columns(("speech", "male"))
 
 
-def test_onnx_backend_and_export(clf, corpus, tiny_checkpoint, tmp_path, capsys):
+def test_onnx_backend_and_export(clf, corpus, tiny_checkpoint, tmp_path, capsys, monkeypatch):
     """``--backend onnx`` gives the torch rows (tolerance: the table's decimals); ``export-onnx``
     writes audEERING's interface (raw gender logits; ``--probabilities`` adds
     ``probs_gender``), with an int8 variant."""
@@ -518,9 +518,22 @@ def test_onnx_backend_and_export(clf, corpus, tiny_checkpoint, tmp_path, capsys)
 
     out = tmp_path / "onnx.csv"
     graph = tmp_path / "graph.onnx"
-    assert _predict(*corpus["good"], corpus["long"], "--source", tiny_checkpoint, "-o", out,
-                    "--backend", "onnx", "--onnx-path", graph) == 0
+    opened, real_init = [], OnnxAgeGender.__init__
+
+    def recording_init(self, *args, **kwargs):  # the real session, its options recorded
+        real_init(self, *args, **kwargs)
+        opened.append(self.session_options.intra_op_num_threads)
+
+    monkeypatch.setattr(OnnxAgeGender, "__init__", recording_init)
+    before = torch.get_num_threads()
+    try:
+        assert _predict(*corpus["good"], corpus["long"], "--source", tiny_checkpoint, "-o",
+                        out, "--backend", "onnx", "--onnx-path", graph, "--threads", "1") == 0
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.undo()
     assert graph.is_file()
+    assert opened == [1]  # --threads bounds ONNX Runtime too
     torch_out = tmp_path / "torch.csv"
     assert _predict(*corpus["good"], corpus["long"], "--source", tiny_checkpoint,
                     "-o", torch_out) == 0

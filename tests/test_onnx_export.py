@@ -414,6 +414,24 @@ def test_backend_switch_matches_torch_path(tiny_checkpoint, clf, tmp_path):
     assert torch.allclose(emb[:, 0], ref.embedding, atol=TOL)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_backend_threads_follow_torch(tiny_checkpoint, onnx_path, threads):
+    """Without ``onnx_threads`` the session takes torch's thread count (the CLI's
+    ``--threads``, a torchrun rank's share), not ONNX Runtime's default of every core."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        onnx_clf = AgeGenderClassifier.from_hparams(source=tiny_checkpoint, backend="onnx",
+                                                    onnx_path=onnx_path)
+    finally:
+        torch.set_num_threads(before)
+    options = onnx_clf.mods.model.session.session_options
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (threads, 1)
+    explicit = AgeGenderClassifier.from_hparams(source=tiny_checkpoint, backend="onnx",
+                                                onnx_path=onnx_path, onnx_threads=3)
+    assert explicit.mods.model.session.session_options.intra_op_num_threads == 3
+
+
 def test_backend_reads_a_metadata_free_file_like_torch(tiny_checkpoint, clf, onnx_path,
                                                        tmp_path):
     bare = strip_metadata(onnx_path, tmp_path / "audeering-like.onnx")
