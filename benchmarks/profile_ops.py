@@ -8,6 +8,13 @@ inclusive time per forward pass (median over ``--repeats`` profiled passes, afte
 and the top operators by self time. Paths run alternately, in one process, on the same
 checkpoint (default: the full-size 24-layer random one, as ``benchmarks/speed.py`` builds it).
 
+A last table puts the passes against the **floor** of each precision: the matrix products'
+floating-point operations (counted by ``torch.utils.flop_counter`` on the reference, plus
+attention's two T×T products) at the rate this CPU runs the model's largest product
+(``[T, 1024]·[1024, 4096]``; float32 through MKL or oneDNN, whichever is faster, bfloat16
+through oneDNN's packed product as the bf16 path calls it): no implementation of that
+precision runs a pass faster on this core.
+
 Usage::
 
     python benchmarks/profile_ops.py --seconds 6 --threads 1 --output ops.md
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -67,6 +75,58 @@ def annotate(model) -> None:
             m.register_forward_hook(post)
 
 
+def product_flops(model, x, config) -> float:
+    """Floating-point operations of the matrix products of one pass of the reference model:
+    Linear layers and convolutions as counted by ``FlopCounterMode``, plus attention's
+    ``Q·Kᵀ`` and ``P·V`` (4·heads·T²·head_dim per layer, which it does not count on CPU)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    # no_grad, not inference_mode: the positional conv's weight-norm parametrisation
+    # cannot run under FlopCounterMode in inference mode
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    counted = counter.get_flop_counts()["Global"]
+    frames = model.wav2vec2._get_feat_extract_output_lengths(x.shape[-1])
+    attention = 4 * config.num_hidden_layers * int(frames) ** 2 * config.hidden_size
+    return float(sum(v for k, v in counted.items()
+                     if "attention" not in str(k))) + attention
+
+
+def gemm_rates(frames: int, hidden: int = 1024, inner: int = 4096, repeats: int = 10) -> dict:
+    """GFLOP/s of ``[frames, hidden]·[hidden, inner]`` with bias, best of ``repeats``: float32
+    the faster of ``F.linear`` (MKL) and oneDNN's packed product, and, where oneDNN runs
+    bfloat16, its packed bfloat16 product on a bfloat16 input (as the bf16 fast path calls
+    it, without the path's float32 ↔ bfloat16 conversions)."""
+    import torch
+
+    from agegender_sb.fast_paths import bf16_available
+
+    mkldnn = torch.ops.mkldnn
+    x = torch.randn(1, frames, hidden)
+    weight, bias = torch.randn(inner, hidden) / hidden ** 0.5, torch.randn(inner)
+    packed = mkldnn._reorder_linear_weight(weight)
+    runs = {"fp32": [lambda: torch.nn.functional.linear(x, weight, bias),
+                     lambda: mkldnn._linear_pointwise(x, packed, bias, "none", [], "none")]}
+    if bf16_available():
+        xb, bb = x.bfloat16(), bias.bfloat16()
+        packed_bf16 = mkldnn._reorder_linear_weight(weight.bfloat16())
+        runs["bf16"] = [lambda: mkldnn._linear_pointwise(xb, packed_bf16, bb, "none", [],
+                                                         "none")]
+    rates = {}
+    with torch.inference_mode():
+        for name, candidates in runs.items():
+            best = float("inf")
+            for run in candidates:
+                run()
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    run()
+                    best = min(best, time.perf_counter() - start)
+            rates[name] = 2 * frames * hidden * inner / best / 1e9
+    return rates
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", help="audEERING-layout folder (default: random 24-layer)")
@@ -111,7 +171,15 @@ def main(argv=None) -> None:
     with torch.inference_mode():
         for model, inp in runs.values():
             model(inp)  # warm-up (caches, oneDNN primitives)
+        frames = int(ref.wav2vec2._get_feat_extract_output_lengths(y.shape[-1]))
+        walls, rates = {n: [] for n in runs}, defaultdict(list)
         for _ in range(args.repeats):
+            for name, (model, inp) in runs.items():  # unprofiled, for the floor table
+                start = time.perf_counter()
+                model(inp)
+                walls[name].append((time.perf_counter() - start) * 1e3)
+            for precision, rate in gemm_rates(frames).items():  # in the same minute
+                rates[precision].append(rate)
             for name, (model, inp) in runs.items():
                 with profile(activities=[ProfilerActivity.CPU]) as prof:
                     model(inp)
@@ -148,6 +216,20 @@ def main(argv=None) -> None:
     for k in top:
         lines.append(f"| `{k}` | " + " | ".join(f"{op_med[n].get(k, 0.0):.1f}" for n in names)
                      + " |")
+    flops = product_flops(ref, y, ref.config)
+    wall = {n: float(np.median(v)) for n, v in walls.items()}
+    lines += ["", f"Floor: {flops / 1e9:.0f} GFLOP of matrix products per pass, at this core's "
+              f"rate for the model's largest product ([{frames}, 1024]·[1024, 4096]; median "
+              "of one measurement per round, between the passes). Unprofiled passes (median "
+              "ms): " + ", ".join(f"{n} {wall[n]:.0f}" for n in names) + ".", "",
+              "| precision | GEMM rate (GFLOP/s) | floor (ms) | reference / floor | "
+              "package path of this precision / floor |", "| --- | ---: | ---: | ---: | ---: |"]
+    for precision, values in rates.items():
+        rate = float(np.median(values))
+        floor_ms = flops / rate / 1e6
+        path = "package bf16" if precision == "bf16" else "package fp32"
+        lines.append(f"| {precision} | {rate:.0f} | {floor_ms:.0f} | "
+                     f"{wall['reference'] / floor_ms:.2f}× | {wall[path] / floor_ms:.2f}× |")
     text = "\n".join(lines)
     print(text)
     if args.output:
