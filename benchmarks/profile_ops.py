@@ -75,10 +75,11 @@ def annotate(model) -> None:
             m.register_forward_hook(post)
 
 
-def product_flops(model, x, config) -> float:
-    """Floating-point operations of the matrix products of one pass of the reference model:
-    Linear layers and convolutions as counted by ``FlopCounterMode``, plus attention's
-    ``Q·Kᵀ`` and ``P·V`` (4·heads·T²·head_dim per layer, which it does not count on CPU)."""
+def product_flops(model, x, frames: int) -> float:
+    """Floating-point operations of the matrix products of one pass of the reference model
+    on ``x`` (``frames`` transformer frames): Linear layers and convolutions as counted by
+    ``FlopCounterMode``, plus attention's ``Q·Kᵀ`` and ``P·V`` (4·heads·T²·head_dim per
+    layer, which it does not count on CPU)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -87,8 +88,8 @@ def product_flops(model, x, config) -> float:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
     counted = counter.get_flop_counts()["Global"]
-    frames = model.wav2vec2._get_feat_extract_output_lengths(x.shape[-1])
-    attention = 4 * config.num_hidden_layers * int(frames) ** 2 * config.hidden_size
+    config = model.config
+    attention = 4 * config.num_hidden_layers * frames ** 2 * config.hidden_size
     return float(sum(v for k, v in counted.items()
                      if "attention" not in str(k))) + attention
 
@@ -216,7 +217,7 @@ def main(argv=None) -> None:
     for k in top:
         lines.append(f"| `{k}` | " + " | ".join(f"{op_med[n].get(k, 0.0):.1f}" for n in names)
                      + " |")
-    flops = product_flops(ref, y, ref.config)
+    flops = product_flops(ref, y, frames)
     wall = {n: float(np.median(v)) for n, v in walls.items()}
     lines += ["", f"Floor: {flops / 1e9:.0f} GFLOP of matrix products per pass, at this core's "
               f"rate for the model's largest product ([{frames}, 1024]·[1024, 4096]; median "
