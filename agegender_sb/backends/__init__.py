@@ -1,0 +1,1 @@
+"""Ways to run the model other than the reference path: ONNX Runtime and the CPU speed modules."""

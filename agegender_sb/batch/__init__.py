@@ -1,0 +1,1 @@
+"""The corpus job: inputs resolved once, the runner, rows, tables (lock, provenance, resume) and torchrun ranks."""

@@ -1,0 +1,1 @@
+"""Exporting the model: ONNX with audEERING's input and output names."""

@@ -1,0 +1,1 @@
+"""The classifier (SpeechBrain's ``EncoderClassifier`` contract), file analysis and the result types."""

@@ -1,0 +1,1 @@
+"""Reading tables against truth: scoring, plots, and the published-numbers check."""

@@ -1,0 +1,1 @@
+"""Where the speech is: speech detectors (:mod:`.detectors`) and speaker turns given from outside (:mod:`.turns`)."""

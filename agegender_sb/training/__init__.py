@@ -1,0 +1,1 @@
+"""What the training recipe's YAML names: data helpers, losses, metrics, outputs."""
