@@ -46,3 +46,18 @@ def write_wav(path, signal, sample_rate=16000, subtype=None, fmt=None):
     """Write a test signal with soundfile and return its path."""
     sf.write(str(path), np.asarray(signal), sample_rate, subtype=subtype, format=fmt)
     return Path(path)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The bf16 fast path's doctests need oneDNN's bfloat16 operators, which need AVX-512
+    (BW, VL, DQ) or AVX-NE-CONVERT on x86: skipped on CPUs without (e.g. AVX2-only ones),
+    where ``bf16_available()`` says so (tests/test_fast_paths.py checks that it does)."""
+    from agegender_sb.backends.fast_paths import bf16_available
+
+    if bf16_available():
+        return
+    skip = pytest.mark.skip(reason="no oneDNN bfloat16 operators on this CPU")
+    for item in items:
+        if item.nodeid.startswith("agegender_sb/backends/fast_paths.py") and (
+                "BF16" in item.name or item.name.endswith("enable_fast_path")):
+            item.add_marker(skip)

@@ -15,17 +15,18 @@ import importlib
 __version__ = "0.2.0"
 
 _WHERE = {
-    "AgeGenderClassifier": "interface",
-    "AgeGenderPrediction": "results",
-    "AudioError": "audio",
-    "CheckpointError": "checkpoint",
+    "AgeGenderClassifier": "inference.classifier",
+    "AgeGenderPrediction": "inference.results",
+    "AgeGenderError": "errors",
+    "AudioError": "errors",
+    "CheckpointError": "errors",
     "DEFAULT_SOURCE": "defaults",
-    "SourceError": "sources",
-    "UnsafeModelError": "sources",
-    "convert": "sources",
+    "SourceError": "errors",
+    "UnsafeModelError": "errors",
+    "convert": "loading.folders",
     "load_audio": "audio",
-    "NoSpeechError": "audio",
-    "Turn": "speech",
+    "NoSpeechError": "errors",
+    "Turn": "speech.turns",
 }
 
 __all__ = [*_WHERE, "convert_audeering_checkpoint"]

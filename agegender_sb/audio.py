@@ -1,9 +1,8 @@
-"""Audio in: reading files, mixing to mono, resampling, validation and normalisation.
+"""Audio in: reading files, mixing to mono, resampling and validation.
 
 Everything that turns a file or a user's tensor into what the encoder expects lives here:
-16 kHz mono float32, at least :data:`MIN_SAMPLES` long, finite, and normalised per utterance
-to zero mean and unit variance exactly as transformers' ``Wav2Vec2FeatureExtractor`` does
-(``do_normalize=True``).
+16 kHz mono float32, at least :data:`MIN_SAMPLES` long and finite (the per-utterance
+normalisation is the model's first step: :mod:`agegender_sb.model.normalizer`).
 
 Resampling is bounded in time and memory for any rate: rates whose ratio to 16 kHz reduces
 to small integers (8, 11.025, 22.05, 44.1, 48, 96 kHz, ...) use torchaudio's windowed sinc,
@@ -23,10 +22,12 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from agegender_sb.defaults import MIN_SAMPLES, SAMPLE_RATE
+from agegender_sb.errors import AudioError, NoSpeechError
+
 __all__ = [
     "SAMPLE_RATE",
     "MIN_SAMPLES",
-    "NORM_EPS",
     "AudioError",
     "NoSpeechError",
     "soundfile_call",
@@ -38,24 +39,10 @@ __all__ = [
     "check_signal",
     "validate_batch",
     "relative_to_samples",
-    "normalize",
-    "UtteranceNormalizer",
 ]
 
-#: Sample rate the model was trained on.
-SAMPLE_RATE = 16000
-#: The convolutional feature encoder's receptive field: shorter inputs yield no frame.
-MIN_SAMPLES = 400
-#: Epsilon of ``Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm``.
-NORM_EPS = 1e-7
 
 
-class AudioError(ValueError):
-    """Input audio that cannot be analysed; the message names the file or argument."""
-
-
-class NoSpeechError(AudioError):
-    """No speech was detected in the audio: it gets no age and no gender."""
 
 
 def soundfile_call(path: str | os.PathLike, action):
@@ -384,62 +371,3 @@ def validate_batch(
     for i, n in enumerate(lengths.tolist()):
         check_signal(wavs[i, :n], f"{name}[{i}]")
     return wavs.float(), wav_lens
-
-
-def normalize(
-    wavs: torch.Tensor, wav_lens: torch.Tensor | None = None, eps: float = NORM_EPS
-) -> torch.Tensor:
-    """Zero mean, unit variance per utterance over its valid samples; padding set to 0.
-
-    Matches ``Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm``:
-    ``(x - mean) / sqrt(var + eps)`` with the population variance. Statistics are
-    accumulated in float64 for accuracy, the result is float32.
-
-    Parameters
-    ----------
-    wavs : torch.Tensor
-        ``[batch, time]``.
-    wav_lens : torch.Tensor, optional
-        ``[batch]`` relative lengths.
-    eps : float
-        Added to the variance.
-
-    Example
-    -------
-    >>> y = normalize(torch.tensor([[1.0, 2.0, 3.0, 0.0]]), torch.tensor([0.75]))
-    >>> [round(v, 4) for v in y[0].tolist()]
-    [-1.2247, 0.0, 1.2247, 0.0]
-    """
-    if wav_lens is None:
-        x = wavs.double()
-        mean = x.mean(dim=1, keepdim=True)
-        var = x.var(dim=1, unbiased=False, keepdim=True)
-        return ((x - mean) / torch.sqrt(var + eps)).to(wavs.dtype)
-    lengths = relative_to_samples(wav_lens, wavs.shape[1]).to(wavs.device)
-    mask = torch.arange(wavs.shape[1], device=wavs.device)[None, :] < lengths[:, None]
-    zero = torch.zeros((), dtype=torch.float64, device=wavs.device)
-    x = torch.where(mask, wavs.double(), zero)  # whatever the padding holds, even NaN
-    count = lengths.clamp(min=1).double()[:, None]
-    mean = x.sum(dim=1, keepdim=True) / count
-    var = torch.where(mask, (x - mean) ** 2, zero).sum(dim=1, keepdim=True) / count
-    return torch.where(mask, (x - mean) / torch.sqrt(var + eps), zero).to(wavs.dtype)
-
-
-class UtteranceNormalizer(torch.nn.Module):
-    """:func:`normalize` as a module, so the YAML can declare it like any other step.
-
-    Example
-    -------
-    >>> norm = UtteranceNormalizer()
-    >>> y = norm(torch.randn(2, 1600) * 5 + 3, torch.tensor([1.0, 0.5]))
-    >>> round(float(y[0].std(unbiased=False)), 3)
-    1.0
-    """
-
-    def __init__(self, eps: float = NORM_EPS):
-        super().__init__()
-        self.eps = eps
-
-    def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None) -> torch.Tensor:
-        return normalize(wavs, wav_lens, self.eps)
-

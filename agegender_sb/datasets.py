@@ -100,7 +100,7 @@ class Labeller:
         return ["age", "gender", *self.labels, "speech", "error"]
 
     def __call__(self, batch: dict) -> dict:
-        from .rows import file_rows
+        from agegender_sb.batch.rows import file_rows
 
         if getattr(self, "clf", None) is None:
             raise RuntimeError("this Labeller was unpickled without its model (datasets' "

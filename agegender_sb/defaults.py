@@ -6,9 +6,28 @@ Example
 (30.0, 4.0, 'silero')
 """
 
-__all__ = ["DEFAULT_SOURCE", "MAX_WHOLE_SECONDS", "DEFAULT_WINDOW", "MIN_TAIL", "DEFAULT_VAD",
-           "VAD_CHOICES", "DEFAULT_CONTEXT"]
+__all__ = [
+    "SAMPLE_RATE",
+    "MIN_SAMPLES",
+    "NORM_EPS",
+    "AGE_BANDS",
+    "DEFAULT_SOURCE",
+    "MAX_WHOLE_SECONDS",
+    "DEFAULT_WINDOW",
+    "MIN_TAIL",
+    "DEFAULT_VAD",
+    "VAD_CHOICES",
+    "DEFAULT_CONTEXT",
+]
 
+#: Sample rate the model was trained on (Hz): every signal is converted to it.
+SAMPLE_RATE = 16000
+#: The convolutional feature encoder's receptive field: shorter inputs yield no frame.
+MIN_SAMPLES = 400
+#: Epsilon of ``Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm``.
+NORM_EPS = 1e-7
+#: Upper edges (years) of the age bands reports and training metrics use: <15, 15-30, ...
+AGE_BANDS = (15, 30, 45, 60)
 #: The published 24-layer model (the 6-layer sibling: ``...-6-ft-age-gender``).
 DEFAULT_SOURCE = "audeering/wav2vec2-large-robust-24-ft-age-gender"
 #: Spans up to this many seconds are analysed in one pass, as the reference does.

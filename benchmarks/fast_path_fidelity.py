@@ -1,4 +1,4 @@
-"""How far the opt-in fast path (``agegender_sb.fast_paths.enable_fast_path``) moves the
+"""How far the opt-in fast path (``agegender_sb.backends.fast_paths.enable_fast_path``) moves the
 outputs of the default float32 path, on real speech, with its speed beside it.
 
 Both models are loaded in one process from the same checkpoint (default: the full-size
@@ -65,7 +65,7 @@ def main(argv=None) -> None:
     from speed import build_checkpoint
 
     from agegender_sb import AgeGenderClassifier
-    from agegender_sb.fast_paths import enable_fast_path
+    from agegender_sb.backends.fast_paths import enable_fast_path
 
     if args.threads:
         torch.set_num_threads(args.threads)

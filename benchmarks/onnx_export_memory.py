@@ -6,14 +6,14 @@ step's peak cannot leak into another's (Linux keeps a process's peak RSS across 
 1. ``build``: a 24-layer checkpoint with random weights in audEERING's layout (once, cached in
    ``--workdir``; the export's memory does not depend on the weight values);
 2. ``load``: ``AgeGenderClassifier.from_hparams`` alone (the floor the export adds to);
-3. ``export-<exporter>``: load + :func:`agegender_sb.onnx_export.export_onnx` with the
+3. ``export-<exporter>``: load + :func:`agegender_sb.export.onnx.export_onnx` with the
    ``dynamo`` and/or ``torchscript`` exporter. The peak RSS is the process's
    ``getrusage(RUSAGE_SELF).ru_maxrss`` read right after the export returns (what the driver's
    ``RUSAGE_CHILDREN`` would report for that child alone). With ``--compare`` the step then
    runs the exported file with ONNX Runtime against the torch model on a few signals and
    reports the largest absolute differences (after the peak is read, so it does not count);
 4. ``run-torch`` / ``run-onnx`` (``--backends``): the torch model, or
-   :class:`agegender_sb.onnx_export.OnnxModel` alone (no torch model), on 4 s of audio:
+   :class:`agegender_sb.backends.onnx_runtime.OnnxModel` alone (no torch model), on 4 s of audio:
    peak RSS and the RSS held afterwards.
 
 Usage::
@@ -64,7 +64,7 @@ def export(args, exporter: str) -> dict:
     import torch
 
     from agegender_sb import AgeGenderClassifier
-    from agegender_sb.onnx_export import export_onnx
+    from agegender_sb.export.onnx import export_onnx
 
     torch.set_num_threads(args.threads)
     clf = AgeGenderClassifier.from_hparams(source=args.checkpoint)
@@ -75,7 +75,7 @@ def export(args, exporter: str) -> dict:
     result = {"export_s": time.perf_counter() - start, "peak_rss_after_load_mb": after_load,
               "peak_rss_mb": peak_rss_mb(), "file_mb": out.stat().st_size / 2**20}
     if args.compare:
-        from agegender_sb.onnx_export import OnnxModel
+        from agegender_sb.backends.onnx_runtime import OnnxModel
 
         rng = np.random.default_rng(0)
         lengths = (400, 16000, 37000)
@@ -106,7 +106,7 @@ def run_backend(args, backend: str) -> dict:
 
         model = AgeGenderClassifier.from_hparams(source=args.checkpoint).mods.model
     else:
-        from agegender_sb.onnx_export import OnnxModel
+        from agegender_sb.backends.onnx_runtime import OnnxModel
 
         model = OnnxModel(Path(args.workdir) / "model-dynamo.onnx", threads=args.threads)
     load_s = time.perf_counter() - start

@@ -101,7 +101,7 @@ def gemm_rates(frames: int, hidden: int = 1024, inner: int = 4096, repeats: int 
     it, without the path's float32 ↔ bfloat16 conversions)."""
     import torch
 
-    from agegender_sb.fast_paths import bf16_available
+    from agegender_sb.backends.fast_paths import bf16_available
 
     mkldnn = torch.ops.mkldnn
     x = torch.randn(1, frames, hidden)
@@ -145,7 +145,7 @@ def main(argv=None) -> None:
     from transformers import Wav2Vec2FeatureExtractor
 
     from agegender_sb import AgeGenderClassifier
-    from agegender_sb.fast_paths import enable_fast_path
+    from agegender_sb.backends.fast_paths import enable_fast_path
 
     torch.set_num_threads(args.threads)
     if args.checkpoint is None:

@@ -1,4 +1,4 @@
-"""Cost of the speech detectors (agegender_sb.speech) on an hour of streamed audio.
+"""Cost of the speech detectors (agegender_sb.speech.detectors) on an hour of streamed audio.
 
 Builds a ``--minutes`` (default 60) 16 kHz signal by concatenating speechocean762 utterances
 (the subset beside the checkout, or ``--corpus``) with gaps of digital silence drawn
@@ -116,7 +116,7 @@ def rss_mb() -> float:
 def run_one(args) -> dict:
     import torch
 
-    from agegender_sb.speech import make_detector, speech_seconds
+    from agegender_sb.speech.detectors import make_detector, speech_seconds
 
     name, options = DETECTORS[args.one]
     detector = make_detector(name, **options)

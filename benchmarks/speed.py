@@ -13,10 +13,10 @@ one file at a time:
 2. ``package``: ``AgeGenderClassifier.predict_file(path, vad=None)`` (the default float32
    path, every sample analysed as the reference does);
 3. ``package-bf16``, ``package-int8`` and ``package-int8-cnn``: the same after
-   ``agegender_sb.fast_paths.enable_fast_path(model, kind)`` (opt-in, approximate);
+   ``agegender_sb.backends.fast_paths.enable_fast_path(model, kind)`` (opt-in, approximate);
 4. ``onnx``: ``AgeGenderClassifier(..., backend="onnx")`` (ONNX Runtime, fp32);
 5. ``onnx-int8``: the same graph with int8 dynamic quantisation of its MatMul weights
-   (``agegender_sb.onnx_export.quantize_onnx_dynamic``);
+   (``agegender_sb.export.onnx.quantize_onnx_dynamic``);
 6. on request ``package-batched``: ``predict_batch`` on length-sorted batches of
    ``--batch-size`` (for GPUs); ``--precision`` sets the package paths' autocast.
 
@@ -123,7 +123,7 @@ def _load(path_name: str, args):
     clf = AgeGenderClassifier.from_hparams(
         source=args.checkpoint, run_opts={"device": device, "precision": precision}, **kwargs)
     if path_name in ("package-bf16", "package-int8", "package-int8-cnn"):
-        from agegender_sb.fast_paths import enable_fast_path
+        from agegender_sb.backends.fast_paths import enable_fast_path
 
         enable_fast_path(clf.mods.model, path_name[len("package-"):])
 
@@ -159,7 +159,7 @@ def setup_worker(args) -> None:
         build_checkpoint(Path(args.checkpoint), args.layers)
         return
     from agegender_sb import AgeGenderClassifier
-    from agegender_sb.onnx_export import export_onnx, quantize_onnx_dynamic
+    from agegender_sb.export.onnx import export_onnx, quantize_onnx_dynamic
 
     workdir = Path(args.workdir)
     if not (workdir / "model.onnx").is_file():

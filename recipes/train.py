@@ -9,7 +9,7 @@ Usage::
 
     torchrun --nproc_per_node 2 recipes/train.py hparams/train.yaml ... [--distributed_backend gloo]
 
-``--init_from`` is any source of :func:`agegender_sb.sources.resolve_source`: an audEERING
+``--init_from`` is any source of :func:`agegender_sb.loading.sources.resolve_source`: an audEERING
 checkpoint (hub id or folder), a SpeechBrain model folder, or a plain wav2vec2 checkpoint
 without heads (e.g. ``facebook/wav2vec2-large-robust``), whose heads then start from random.
 The model is ``hparams/inference.yaml``'s (included by ``train.yaml``) with the source's
@@ -37,15 +37,15 @@ from hyperpyyaml.core import recursive_update
 from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from agegender_sb.checkpoint import CheckpointError
-from agegender_sb.distributed import Distributed
-from agegender_sb.model_config import plain_values, setting_fields
-from agegender_sb.sources import load_weights, resolve_source, save_model_folder
-from agegender_sb.training import (
+from agegender_sb.batch.distributed import Distributed
+from agegender_sb.loading.checkpoint import CheckpointError
+from agegender_sb.loading.config import plain_values, setting_fields
+from agegender_sb.loading.folders import save_model_folder
+from agegender_sb.loading.sources import load_weights, resolve_source
+from agegender_sb.training.data import ShardSampler, read_segment
+from agegender_sb.training.outputs import (
     COMPLETE_MARKER,
     CompletionMarker,
-    ShardSampler,
-    read_segment,
     remove_incomplete_checkpoints,
     write_test_outputs,
 )
@@ -58,7 +58,7 @@ BEST_METRICS = {"loss": "min", "mae": "min", "acc": "max", "uar": "max"}
 
 # ============================================================================ Brain
 class AgeGenderBrain(sb.Brain):
-    """Multi-task fine-tuning of :class:`agegender_sb.model.AgeGenderModel`."""
+    """Multi-task fine-tuning of :class:`agegender_sb.model.network.AgeGenderModel`."""
 
     #: Utterances dropped per split (shorter than ``min_seconds``), for ``results.json``.
     dropped: dict = {}
@@ -251,7 +251,7 @@ def dataio_prepare(hparams: dict) -> tuple[dict, dict]:
 def merge_overrides(source_values: dict, overrides: str) -> dict:
     """The init source's model values under the command line's, as ``train.yaml`` overrides.
 
-    ``source_values`` (:attr:`agegender_sb.sources.ModelSource.hparams`) go to the top-level
+    ``source_values`` (:attr:`agegender_sb.loading.sources.ModelSource.hparams`) go to the top-level
     ``wav2vec2`` mapping and to ``net`` (the included ``inference.yaml``); the command line
     (``--wav2vec2 "{layerdrop: 0.0}"``, ``--net "{final_dropout: 0.0}"``, any other key) is
     merged over them key by key.

@@ -13,9 +13,9 @@ import soundfile as sf
 import torch
 
 from agegender_sb import AgeGenderClassifier, AudioError, load_audio
-from agegender_sb.analysis import MAX_WHOLE_SECONDS, Analyzer, plan_windows
 from agegender_sb.audio import AudioFile
-from agegender_sb.results import AgeGenderPrediction
+from agegender_sb.inference.analysis import MAX_WHOLE_SECONDS, Analyzer, plan_windows
+from agegender_sb.inference.results import AgeGenderPrediction
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,8 @@ import torch
 from transformers import Wav2Vec2FeatureExtractor
 
 from agegender_sb import AgeGenderClassifier, AudioError, NoSpeechError, load_audio
-from agegender_sb.audio import AudioFile, normalize, resampled_length, validate_batch
+from agegender_sb.audio import AudioFile, resampled_length, validate_batch
+from agegender_sb.model.normalizer import normalize
 
 
 @pytest.fixture(scope="module")

@@ -229,7 +229,7 @@ def test_converted_folder_keeps_inference_settings(tmp_path, tiny_card, tiny_che
     """A model folder repeats non-default settings, and they act: the age scale, and a
     normalisation epsilon compared with the reference computed with that epsilon, on a
     low-amplitude signal where it matters."""
-    from agegender_sb.sources import save_model_folder
+    from agegender_sb.loading.folders import save_model_folder
 
     card, _ = tiny_card
     clf = AgeGenderClassifier.from_hparams(source=tiny_checkpoint,

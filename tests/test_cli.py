@@ -23,8 +23,8 @@ import soundfile as sf
 import torch
 
 from agegender_sb import AgeGenderClassifier, load_audio
+from agegender_sb.batch.tables import columns, provenance_path
 from agegender_sb.cli import main
-from agegender_sb.tables import columns, provenance_path
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ("female", "male", "child")
@@ -514,7 +514,7 @@ def test_onnx_backend_and_export(clf, corpus, tiny_checkpoint, tmp_path, capsys,
     ``probs_gender``), with an int8 variant."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from agegender_sb.onnx_export import OnnxAgeGender
+    from agegender_sb.backends.onnx_runtime import OnnxAgeGender
 
     out = tmp_path / "onnx.csv"
     graph = tmp_path / "graph.onnx"
@@ -952,7 +952,7 @@ def test_fast_path_option(corpus, tiny_checkpoint, tmp_path):
 def test_fast_path_bf16_and_auto(corpus, tiny_checkpoint, tmp_path):
     """--fast-path bf16 is close to the fp32 table; auto is recorded as the kind it ran, so
     the table resumes with that kind named."""
-    from agegender_sb.fast_paths import bf16_available, resolve_fast_path
+    from agegender_sb.backends.fast_paths import bf16_available, resolve_fast_path
 
     if not bf16_available():
         pytest.skip("torch built without oneDNN's bfloat16 operators")

@@ -9,14 +9,14 @@ from tiny_encoders import encoder_pair, padded_batch
 from transformers.models.wav2vec2 import modeling_wav2vec2 as w2v
 
 from agegender_sb import AgeGenderClassifier
-from agegender_sb.cpu_speed import (
+from agegender_sb.backends.cpu_speed import (
     FastFeatureEncoder,
     FastFeedForward,
     FastPositionalConv,
     plain_torch_modules,
     use_fast_cpu_modules,
 )
-from agegender_sb.fast_linear import OneDNNLinear
+from agegender_sb.backends.fast_linear import OneDNNLinear
 
 
 def test_encoder_uses_the_cpu_modules_and_keeps_its_state_dict():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agegender_sb.encoder import Wav2Vec2Encoder
-from agegender_sb.fast_linear import OneDNNLinear, onednn_available, use_onednn_linear
+from agegender_sb.backends.fast_linear import OneDNNLinear, onednn_available, use_onednn_linear
+from agegender_sb.model.encoder import Wav2Vec2Encoder
 
 
 def _pair(seed=0):

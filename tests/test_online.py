@@ -17,7 +17,8 @@ import os
 import numpy as np
 import pytest
 
-from agegender_sb.check import (
+from agegender_sb.cli import main
+from agegender_sb.report.check import (
     PUBLISHED,
     PUBLISHED_SOURCE,
     TOLERANCE,
@@ -25,7 +26,6 @@ from agegender_sb.check import (
     compare_published,
     published_signal,
 )
-from agegender_sb.cli import main
 
 online = pytest.mark.skipif(
     os.environ.get("AGEGENDER_ONLINE") != "1",

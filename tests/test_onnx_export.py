@@ -2,7 +2,7 @@
 audEERING's layout. Tolerances: 1e-5 on gender logits and the age output, 1e-4 on the
 embedding (the issue's bar for the backend is 1e-3).
 
-Conventions under test (module docstring of :mod:`agegender_sb.onnx_export`): ``logits_gender``
+Conventions under test (module docstring of :mod:`agegender_sb.export.onnx`): ``logits_gender``
 holds raw logits, as in audEERING's export; probabilities only in an extra ``probs_gender``;
 files without our metadata are read as raw logits; files of the previous version whose
 metadata says ``probabilities`` are read as ``log`` of them."""
@@ -20,18 +20,15 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 onnx = pytest.importorskip("onnx")
 
-from agegender_sb import (  # noqa: E402
-    AgeGenderClassifier,
-    AudioError,
-    onnx_export,
-)
-from agegender_sb.onnx_export import (  # noqa: E402
+from agegender_sb import AgeGenderClassifier, AudioError  # noqa: E402
+from agegender_sb.backends import onnx_runtime  # noqa: E402
+from agegender_sb.backends.onnx_runtime import (  # noqa: E402
     OUTPUT_NAMES,
     OnnxAgeGender,
     OnnxModel,
-    export_onnx,
-    quantize_onnx_dynamic,
 )
+from agegender_sb.export import onnx as onnx_export  # noqa: E402
+from agegender_sb.export.onnx import export_onnx, quantize_onnx_dynamic  # noqa: E402
 
 LENGTHS = (400, 16000, 48000)
 TOL = 1e-4  # embedding
@@ -329,7 +326,7 @@ def test_release_weights_frees_every_tensor(tiny_checkpoint):
     model = AgeGenderClassifier.from_hparams(source=tiny_checkpoint).mods.model
     tensors = [*model.parameters(), *model.buffers()]
     expected = sum(t.numel() * t.element_size() for t in tensors)
-    assert onnx_export.release_weights(model) == expected > 0
+    assert onnx_runtime.release_weights(model) == expected > 0
     assert all(t.numel() == 0 for t in tensors)
 
 
@@ -459,7 +456,7 @@ def test_unknown_backend(tiny_checkpoint):
 
 def test_missing_onnxruntime_message(monkeypatch, tiny_checkpoint, onnx_path):
     real_import = builtins.__import__
-    real_import_module = onnx_export.importlib.import_module
+    real_import_module = onnx_runtime.importlib.import_module
 
     def blocked(name):
         return name == "onnxruntime" or name.startswith("onnxruntime.")
@@ -475,7 +472,7 @@ def test_missing_onnxruntime_message(monkeypatch, tiny_checkpoint, onnx_path):
         return real_import_module(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
-    monkeypatch.setattr(onnx_export.importlib, "import_module", fake_import_module)
+    monkeypatch.setattr(onnx_runtime.importlib, "import_module", fake_import_module)
     with pytest.raises(ImportError, match=r'pip install "agegender_sb\[onnx\]"'):
         OnnxAgeGender(onnx_path)
     with pytest.raises(ImportError, match=r'pip install "agegender_sb\[onnx\]"'):

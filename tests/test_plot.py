@@ -14,7 +14,8 @@ import pytest
 import soundfile as sf
 
 from agegender_sb.cli import main
-from agegender_sb.plot import plot_report, read_predictions, voices
+from agegender_sb.report.plot import plot_report
+from agegender_sb.report.scoring import read_predictions, voices
 
 pytest.importorskip("matplotlib")
 

@@ -32,13 +32,13 @@ from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining, Wav2Vec2Model
 
 from agegender_sb import AgeGenderClassifier, CheckpointError, convert
 from agegender_sb.audio import load_audio
-from agegender_sb.checkpoint import load_state_dict_file, load_wav2vec2_encoder
-from agegender_sb.encoder import Wav2Vec2Encoder
-from agegender_sb.losses import multitask_loss
-from agegender_sb.metrics import AgeGenderStats
-from agegender_sb.model_config import architecture_fields
-from agegender_sb.sources import load_weights, resolve_source
-from agegender_sb.training import read_segment
+from agegender_sb.loading.checkpoint import load_state_dict_file, load_wav2vec2_encoder
+from agegender_sb.loading.config import architecture_fields
+from agegender_sb.loading.sources import load_weights, resolve_source
+from agegender_sb.model.encoder import Wav2Vec2Encoder
+from agegender_sb.training.data import read_segment
+from agegender_sb.training.losses import multitask_loss
+from agegender_sb.training.metrics import AgeGenderStats
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes"))

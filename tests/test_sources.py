@@ -21,7 +21,8 @@ from agegender_sb import (
     convert,
 )
 from agegender_sb.cli import main
-from agegender_sb.sources import describe, resolve_source
+from agegender_sb.loading.folders import describe
+from agegender_sb.loading.sources import resolve_source
 
 
 @pytest.fixture()

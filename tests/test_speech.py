@@ -1,4 +1,6 @@
-"""Speech detectors and speaker turns (agegender_sb.speech) on real speech and made-up signals."""
+"""Speech detectors and speaker turns (agegender_sb.speech.detectors) on real speech and made-up
+signals.
+"""
 
 from __future__ import annotations
 
@@ -15,18 +17,20 @@ import pytest
 import soundfile as sf
 import torch
 
-from agegender_sb.speech import (
+from agegender_sb.defaults import SAMPLE_RATE
+from agegender_sb.speech.detectors import (
     DEFAULT_DETECTOR,
     FRAME_SAMPLES,
-    SAMPLE_RATE,
     EnergyDetector,
     SileroDetector,
+    make_detector,
+    speech_seconds,
+)
+from agegender_sb.speech.turns import (
     Turn,
     TurnError,
     check_turns,
-    make_detector,
     read_rttm,
-    speech_seconds,
     turns_from_annotation,
     turns_from_tuples,
 )
@@ -259,7 +263,7 @@ def test_silero_leaves_torch_threads_alone():
     # the detector puts the setting back.
     code = (
         "import torch; torch.set_num_threads(3)\n"
-        "from agegender_sb.speech import SileroDetector\n"
+        "from agegender_sb.speech.detectors import SileroDetector\n"
         "SileroDetector()(torch.zeros(16000)); print(torch.get_num_threads())\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -20,8 +20,8 @@ import pytest
 import soundfile as sf
 
 from agegender_sb import AgeGenderClassifier
+from agegender_sb.batch.tables import columns
 from agegender_sb.cli import main
-from agegender_sb.tables import columns
 
 pd = pytest.importorskip("pandas")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from agegender_sb.encoder import Wav2Vec2Encoder
+from agegender_sb.model.encoder import Wav2Vec2Encoder
 
 KWARGS = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
               conv_dim=[16] * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,

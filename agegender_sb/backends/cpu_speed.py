@@ -70,7 +70,8 @@ class FastFeatureEncoder(w2v.Wav2Vec2FeatureEncoder):
     """transformers' feature encoder, channels-last in CPU float32 inference.
 
     The multi-channel convolutions go through :meth:`_multi_channel_weights` and
-    :meth:`_multi_channel`, which the opt-in bf16 fast path (:mod:`agegender_sb.fast_paths`)
+    :meth:`_multi_channel`, which the opt-in bf16 fast path
+    (:mod:`agegender_sb.backends.fast_paths`)
     overrides; layer norms compute in float32 either way, and the output is float32.
 
     Example
@@ -263,7 +264,7 @@ def plain_torch_modules(module: torch.nn.Module) -> torch.nn.Module:
     """Every CPU speed module of ``module`` back to transformers' and torch's own classes
     (channels-last modules and oneDNN Linear layers), in place: before ONNX export or
     ``torch.ao.quantization.quantize_dynamic``, which match exact classes."""
-    from .fast_linear import use_onednn_linear
+    from agegender_sb.backends.fast_linear import use_onednn_linear
 
     use_fast_cpu_modules(module, enabled=False)
     return use_onednn_linear(module, enabled=False)

@@ -67,7 +67,7 @@ def use_onednn_linear(module: torch.nn.Module, enabled: bool = True) -> torch.nn
 
     With ``enabled=False``, turn them back into plain ``nn.Linear`` (before ONNX export or
     ``torch.ao.quantization.quantize_dynamic``, which match the exact class; for every CPU
-    speed module at once: :func:`agegender_sb.cpu_speed.plain_torch_modules`).
+    speed module at once: :func:`agegender_sb.backends.cpu_speed.plain_torch_modules`).
     """
     for sub in module.modules():
         if enabled and type(sub) is torch.nn.Linear:

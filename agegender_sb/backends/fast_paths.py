@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from transformers.models.wav2vec2 import modeling_wav2vec2 as w2v
 
-from .cpu_speed import (
+from agegender_sb.backends.cpu_speed import (
     FastFeatureEncoder,
     FastFeedForward,
     FastPositionalConv,
@@ -37,7 +37,7 @@ from .cpu_speed import (
     inference_fp32_cpu,
     use_fast_cpu_modules,
 )
-from .fast_linear import OneDNNLinear, onednn_available
+from agegender_sb.backends.fast_linear import OneDNNLinear, onednn_available
 
 __all__ = ["FAST_PATHS", "BF16Linear", "BF16Attention", "BF16FeedForward", "BF16FeatureEncoder",
            "BF16PositionalConv", "bf16_available", "enable_fast_path", "native_bf16",
@@ -115,7 +115,7 @@ def _pack(weight: torch.Tensor, bias: torch.Tensor | None):
 
 def _frame_weight(conv: torch.nn.Conv1d) -> torch.Tensor:
     """A strided convolution's weight as the ``[out, kernel * in]`` matrix that multiplies
-    :func:`~agegender_sb.cpu_speed.frames` of its input."""
+    :func:`~agegender_sb.backends.cpu_speed.frames` of its input."""
     out_c, in_c, k = conv.weight.shape
     return conv.weight.detach().permute(0, 2, 1).reshape(out_c, k * in_c)
 
@@ -270,7 +270,7 @@ def _already(model: torch.nn.Module) -> str | None:
 def enable_fast_path(model: torch.nn.Module, kind: str = "int8") -> torch.nn.Module:
     """Switch a model to an opt-in approximate CPU fast path (``kind``: see the module's
     docstring and :data:`FAST_PATHS`), in place; returns ``model`` (e.g. an
-    :class:`~agegender_sb.model.AgeGenderModel` or ``clf.mods.model``). Results are *not*
+    :class:`~agegender_sb.model.network.AgeGenderModel` or ``clf.mods.model``). Results are *not*
     the reference's. Parameters and ``state_dict`` are unchanged for ``"bf16"``; for the int8
     kinds the transformer's Linear weights become int8 modules.
 

@@ -1,1 +1,3 @@
-"""The corpus job: inputs resolved once, the runner, rows, tables (lock, provenance, resume) and torchrun ranks."""
+"""The corpus job: inputs resolved once, the runner, rows, tables (lock, provenance, resume) and
+torchrun ranks.
+"""

@@ -1,7 +1,7 @@
 """What the ``agegender`` command reads: audio files, folders, list files, turns, speaker maps.
 
 Inputs become ``(path, turns)`` items: ``turns`` is None (analyse the whole file) or a list of
-:class:`~agegender_sb.speech.Turn` from a segment list (``.csv`` with ``start``, ``end`` and
+:class:`~agegender_sb.speech.turns.Turn` from a segment list (``.csv`` with ``start``, ``end`` and
 ``speaker`` columns) or an RTTM file (``--rttm``, matched by the audio file's stem).
 """
 
@@ -12,6 +12,8 @@ import io
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from agegender_sb.errors import InputError
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -27,9 +29,6 @@ AUDIO_EXTENSIONS = frozenset({
     ".aiff", ".aifc", ".au", ".snd", ".w64", ".rf64", ".caf", ".voc",
 })
 
-
-class InputError(ValueError):
-    """An input list or speaker file that cannot be used (a usage error)."""
 
 
 def _resolve(entry: str, base: Path) -> str:
@@ -49,7 +48,7 @@ def read_list_items(path: str | os.PathLike) -> list[tuple[str, object]]:
         Naming the file and line: unreadable file, missing ``path`` column, a time that is
         not a number, or a file listed both whole and in segments.
     """
-    from .speech import Turn
+    from agegender_sb.speech.turns import Turn
 
     path = Path(path)
     base = path.parent
@@ -109,7 +108,7 @@ def collect_items(items: Iterable[str | os.PathLike], rttm=None) -> list[tuple[s
     - a ``.txt`` or ``.csv`` file → the paths (or segments) it lists;
     - anything else → itself (missing or unreadable files get an error row later).
 
-    ``rttm`` (a ``{file id: [Turn]}`` mapping, :func:`agegender_sb.speech.read_rttm`) gives
+    ``rttm`` (a ``{file id: [Turn]}`` mapping, :func:`agegender_sb.speech.turns.read_rttm`) gives
     the turns of each file whose stem is a file id.
 
     Raises

@@ -1,9 +1,10 @@
 """Analysis results → table rows, and speakers pooled from rows; shared by the command line
 (:mod:`agegender_sb.cli`) and :meth:`AgeGenderClassifier.predict_table`.
 
-Row kinds and columns: see :mod:`agegender_sb.tables`. Speaker rows (``--speakers``) are
+Row kinds and columns: see :mod:`agegender_sb.batch.tables`. Speaker rows (``--speakers``) are
 pooled from file rows with the result type's one pooling rule
-(:meth:`~agegender_sb.results.AgeGenderPrediction.pool`, weights: seconds of speech), taking
+(:meth:`~agegender_sb.inference.results.AgeGenderPrediction.pool`, weights: seconds of speech),
+taking
 the logarithm of the written probabilities as logits (equal up to a constant per row, so the
 pooled probabilities are the same).
 """
@@ -14,8 +15,8 @@ import math
 
 import torch
 
-from .analysis import NO_SPEECH, FileResult, SpanResult
-from .results import AgeGenderPrediction
+from agegender_sb.inference.analysis import NO_SPEECH, FileResult, SpanResult
+from agegender_sb.inference.results import AgeGenderPrediction
 
 __all__ = ["file_rows", "error_row", "speaker_row", "speaker_rows", "is_failure",
            "iter_file_rows"]
@@ -109,7 +110,7 @@ def speaker_row(speaker: str, rows: list[dict], labels) -> dict:
 
 def iter_file_rows(analyzer, items, segments: bool = False):
     """``(path, result or error, rows)`` for each input item, in order (see
-    :meth:`~agegender_sb.analysis.Analyzer.analyse_many`); the file's own row is last."""
+    :meth:`~agegender_sb.inference.analysis.Analyzer.analyse_many`); the file's own row is last."""
     for path, res in analyzer.analyse_many(items):
         if isinstance(res, Exception):
             yield path, res, [error_row(path, res)]

@@ -36,6 +36,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from agegender_sb.errors import TableError
+
 __all__ = [
     "FORMATS",
     "TableError",
@@ -59,9 +61,6 @@ ENCODING, ERRORS = "utf-8", "surrogateescape"
 _SECONDS, _YEARS, _PROB = 3, 2, 4
 _FIXED = ("path", "speaker", "start", "end", "duration", "speech", "age", "gender", "error")
 
-
-class TableError(ValueError):
-    """An output table that cannot be written or resumed (the message says why)."""
 
 
 def columns(labels: Sequence[str]) -> list[str]:
@@ -383,7 +382,7 @@ def check_provenance(table: str | os.PathLike, record: dict) -> None:
     >>> check_provenance(t, {"analysis": {"window": 2.0}})
     Traceback (most recent call last):
     ...
-    agegender_sb.tables.TableError: ...: made by another analysis: analysis.window is 4.0 \
+    agegender_sb.errors.TableError: ...: made by another analysis: analysis.window is 4.0 \
 there, 2.0 here; resume with the same settings, or write a new table
     """
     path = provenance_path(table)

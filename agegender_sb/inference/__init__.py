@@ -1,1 +1,3 @@
-"""The classifier (SpeechBrain's ``EncoderClassifier`` contract), file analysis and the result types."""
+"""The classifier (SpeechBrain's ``EncoderClassifier`` contract), file analysis and the result
+types.
+"""

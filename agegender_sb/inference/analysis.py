@@ -12,7 +12,7 @@ whole file, or the speaker turns given), and for each span:
   the file on its own (bounded memory); with a detector, windows cover detected speech only.
 
 One method, :meth:`Analyzer.predict_signals`, calls the model. Results are pooled with
-:meth:`~agegender_sb.results.AgeGenderPrediction.pool` (seconds-weighted mean of the age
+:meth:`~agegender_sb.inference.results.AgeGenderPrediction.pool` (seconds-weighted mean of the age
 output and the gender logits): windows into a span, spans into a file, turns into a speaker.
 """
 
@@ -25,9 +25,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .audio import MIN_SAMPLES, SAMPLE_RATE, AudioError, AudioFile, check_signal
-from .defaults import DEFAULT_CONTEXT, DEFAULT_WINDOW, MAX_WHOLE_SECONDS, MIN_TAIL
-from .results import AgeGenderPrediction
+from agegender_sb.audio import AudioError, AudioFile, check_signal
+from agegender_sb.defaults import (
+    DEFAULT_CONTEXT,
+    DEFAULT_WINDOW,
+    MAX_WHOLE_SECONDS,
+    MIN_SAMPLES,
+    MIN_TAIL,
+    SAMPLE_RATE,
+)
+from agegender_sb.inference.results import AgeGenderPrediction
 
 __all__ = [
     "MAX_WHOLE_SECONDS",
@@ -223,7 +230,7 @@ class Analyzer:
         Signals per model call (results do not depend on it).
     detector : object, optional
         A speech detector (``detect(blocks) -> [(start, end)]`` in 16 kHz samples, see
-        :mod:`agegender_sb.speech`); None analyses every sample, as the reference does.
+        :mod:`agegender_sb.speech.detectors`); None analyses every sample, as the reference does.
     trim : bool
         With a detector, cut spans analysed whole to their speech too (the speech parts
         joined), instead of analysing them exactly as the reference does.
@@ -302,7 +309,7 @@ class Analyzer:
         Raises
         ------
         FileNotFoundError, AudioError, ValueError
-            Naming the file and the problem (turns: see :mod:`agegender_sb.speech`).
+            Naming the file and the problem (turns: see :mod:`agegender_sb.speech.detectors`).
         """
         for _, result in self.analyse_many([(path, turns)], raise_errors=True):
             return result
@@ -373,7 +380,7 @@ class Analyzer:
             if turns is None:
                 spans = [(0, audio.n16, None)]
             else:
-                from .speech import check_turns
+                from agegender_sb.speech.turns import check_turns
 
                 spans = [(_samples(t.start), min(audio.n16, _samples(t.end)), t.speaker)
                          for t in check_turns(turns, audio.duration, str(path))]

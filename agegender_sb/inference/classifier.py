@@ -1,8 +1,9 @@
 """``AgeGenderClassifier``: the model as a SpeechBrain ``EncoderClassifier``.
 
-Loading goes through :mod:`agegender_sb.sources` (any source, checked before anything
-runs); file analysis through :class:`agegender_sb.analysis.Analyzer`; results are
-:class:`agegender_sb.results.AgeGenderPrediction`. :meth:`AgeGenderClassifier.run_model` is
+Loading goes through :mod:`agegender_sb.loading.sources` (any source, checked before anything
+runs); file analysis through :class:`agegender_sb.inference.analysis.Analyzer`; results are
+:class:`agegender_sb.inference.results.AgeGenderPrediction`. :meth:`AgeGenderClassifier.run_model`
+is
 the one place the network is called.
 """
 
@@ -15,11 +16,11 @@ from pathlib import Path
 import torch
 from speechbrain.inference.classifiers import EncoderClassifier
 
-from .audio import NoSpeechError, load_audio, validate_batch
-from .checkpoint import CheckpointError, fingerprint
-from .defaults import DEFAULT_SOURCE, DEFAULT_VAD
-from .model_config import setting_fields
-from .results import AgeGenderPrediction
+from agegender_sb.audio import NoSpeechError, load_audio, validate_batch
+from agegender_sb.defaults import DEFAULT_SOURCE, DEFAULT_VAD
+from agegender_sb.inference.results import AgeGenderPrediction
+from agegender_sb.loading.checkpoint import CheckpointError, fingerprint
+from agegender_sb.loading.config import setting_fields
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class AgeGenderClassifier(EncoderClassifier):
       index [B], labels list[str])``; ``classify_file(path)`` the same for one file.
     - ``encode_batch(wavs, wav_lens)`` → ``[B, 1, hidden]`` pooled embeddings.
     - ``predict_batch`` / ``predict_file`` / ``predict_segments`` →
-      :class:`~agegender_sb.results.AgeGenderPrediction` (age and gender).
+      :class:`~agegender_sb.inference.results.AgeGenderPrediction` (age and gender).
 
     Gender labels follow the checkpoint's ``config.json`` ``id2label``: for audEERING's models
     ``female, male, child`` (the model card's printed comment says otherwise; the config and
@@ -74,7 +75,7 @@ class AgeGenderClassifier(EncoderClassifier):
             self.onnx_session = self._open_onnx(onnx_path, onnx_threads)
         self.fast_path = None
         if fast_path is not None:
-            from .fast_paths import enable_fast_path, resolve_fast_path
+            from agegender_sb.backends.fast_paths import enable_fast_path, resolve_fast_path
 
             self.fast_path = resolve_fast_path(fast_path)  # "auto" → what this CPU runs
             self.fingerprint  # noqa: B018 -- of the float32 weights the fast path derives from
@@ -97,7 +98,9 @@ class AgeGenderClassifier(EncoderClassifier):
     def _open_onnx(self, onnx_path, threads):
         """Open (exporting first if needed) the ONNX graph of this model, then put it in the
         torch model's place and free the torch weights: one copy of the model in memory."""
-        from .onnx_export import OnnxModel, _import_onnxruntime, export_onnx, release_weights
+        from agegender_sb.backends.onnx_runtime import OnnxModel, release_weights
+        from agegender_sb.backends.onnx_runtime import import_onnxruntime as _import_onnxruntime
+        from agegender_sb.export.onnx import export_onnx
 
         if threads is None:  # one thread setting for both backends (--threads, torchrun ranks)
             threads = torch.get_num_threads()
@@ -138,7 +141,7 @@ class AgeGenderClassifier(EncoderClassifier):
         trust_remote_code: bool = False,
         **kwargs,
     ) -> AgeGenderClassifier:
-        """Load a model from a hub id or a local folder (see :mod:`agegender_sb.sources`).
+        """Load a model from a hub id or a local folder (see :mod:`agegender_sb.loading.sources`).
 
         Parameters
         ----------
@@ -171,7 +174,7 @@ class AgeGenderClassifier(EncoderClassifier):
             ``torch.get_num_threads()``, so that ``torch.set_num_threads`` and the CLI's
             ``--threads`` govern both backends; ONNX Runtime's own default, all physical
             cores, would oversubscribe ranks under torchrun). ``fast_path``
-            (CPU, torch backend; :mod:`agegender_sb.fast_paths`): ``"bf16"`` (the matrix
+            (CPU, torch backend; :mod:`agegender_sb.backends.fast_paths`): ``"bf16"`` (the matrix
             products in bfloat16; for CPUs with AMX or AVX512-BF16), ``"int8"`` (the
             transformer's in int8), ``"auto"`` (bf16 where the CPU has it, else int8;
             ``clf.fast_path`` says which): faster, not the reference's numbers (README,
@@ -184,9 +187,9 @@ class AgeGenderClassifier(EncoderClassifier):
             out).
         CheckpointError
             A tensor missing, unexpected, mis-shaped, not float or not finite; a bad config;
-            :class:`~agegender_sb.sources.UnsafeModelError` for foreign YAML tags.
+            :class:`~agegender_sb.errors.UnsafeModelError` for foreign YAML tags.
         """
-        from .sources import load_model, resolve_source
+        from agegender_sb.loading.sources import load_model, resolve_source
 
         src = resolve_source(source, savedir=savedir, fetch_config=fetch_config,
                              local_strategy=local_strategy, hparams_file=hparams_file,
@@ -233,21 +236,21 @@ class AgeGenderClassifier(EncoderClassifier):
         return self.predict_batch(wavs, wav_lens).embedding.unsqueeze(1)
 
     def analyzer(self, vad=DEFAULT_VAD, vad_options: dict | None = None, **settings):
-        """An :class:`~agegender_sb.analysis.Analyzer` for this model.
+        """An :class:`~agegender_sb.inference.analysis.Analyzer` for this model.
 
         Parameters
         ----------
         vad : str, detector or None
             Speech detector: ``"silero"`` (default), ``"energy"``, None (analyse every
             sample, as the reference does), or a detector object (see
-            :mod:`agegender_sb.speech`).
+            :mod:`agegender_sb.speech.detectors`).
         vad_options : dict, optional
             Detector options (``threshold``, ``min_speech_s``, ``min_silence_s``,
             ``speech_pad_s``, ...).
         **settings
             ``window``, ``hop``, ``max_whole``, ``min_tail``, ``batch_size``, ``trim``.
         """
-        from .analysis import Analyzer
+        from agegender_sb.inference.analysis import Analyzer
 
         return Analyzer(self, detector=self._detector(vad, vad_options), **settings)
 
@@ -259,13 +262,13 @@ class AgeGenderClassifier(EncoderClassifier):
         key = (vad.lower(), tuple(sorted((options or {}).items())))
         cache = self.__dict__.setdefault("_detectors", {})
         if key not in cache:  # one detector (and one silero model) per setting
-            from .speech import make_detector
+            from agegender_sb.speech.detectors import make_detector
 
             cache[key] = make_detector(vad, **(options or {}))
         return cache[key]
 
     def analyse(self, path, **settings):
-        """The full analysis of one file: :class:`~agegender_sb.analysis.FileResult` (its
+        """The full analysis of one file: :class:`~agegender_sb.inference.analysis.FileResult` (its
         spans, windows, detected speech and pooled prediction; no prediction without
         speech). Settings as :meth:`analyzer`."""
         return self.analyzer(**settings).analyse(path)
@@ -283,7 +286,7 @@ class AgeGenderClassifier(EncoderClassifier):
         Raises
         ------
         FileNotFoundError, AudioError
-            Naming the file and the problem; :class:`~agegender_sb.audio.NoSpeechError` when
+            Naming the file and the problem; :class:`~agegender_sb.errors.NoSpeechError` when
             the detector finds no speech (no age and no gender for it).
         """
         result = self.analyse(path, **settings)
@@ -293,7 +296,7 @@ class AgeGenderClassifier(EncoderClassifier):
 
     def predict_segments(self, path, segments, **settings):
         """Analyse speaker turns of one file; return its
-        :class:`~agegender_sb.analysis.FileResult`.
+        :class:`~agegender_sb.inference.analysis.FileResult`.
 
         Each turn is analysed as the reference analyses that span cut out of the file (whole
         up to ``max_whole``, else windows over speech); ``result.spans`` has one result per
@@ -302,7 +305,7 @@ class AgeGenderClassifier(EncoderClassifier):
         Parameters
         ----------
         segments : sequence or pyannote.core.Annotation
-            ``(start, end[, speaker])`` tuples in seconds, :class:`~agegender_sb.speech.Turn`
+            ``(start, end[, speaker])`` tuples in seconds, :class:`~agegender_sb.speech.turns.Turn`
             objects, or a ``pyannote.core.Annotation`` (a diarization).
         **settings
             As :meth:`analyzer`.
@@ -312,7 +315,7 @@ class AgeGenderClassifier(EncoderClassifier):
         TurnError
             For turns past the end of the file, of zero length, or given twice.
         """
-        from .speech import Turn, turns_from_annotation, turns_from_tuples
+        from agegender_sb.speech.turns import Turn, turns_from_annotation, turns_from_tuples
 
         if hasattr(segments, "itertracks"):
             turns = turns_from_annotation(segments)
@@ -360,10 +363,10 @@ class AgeGenderClassifier(EncoderClassifier):
         except ImportError as err:
             raise ImportError('predict_table needs pandas: pip install "agegender_sb[table]"'
                               ) from err
-        from .inputs import collect_items, read_speakers
-        from .rows import iter_file_rows, speaker_rows
-        from .speech import read_rttm
-        from .tables import columns, format_record
+        from agegender_sb.batch.inputs import collect_items, read_speakers
+        from agegender_sb.batch.rows import iter_file_rows, speaker_rows
+        from agegender_sb.batch.tables import columns, format_record
+        from agegender_sb.speech.turns import read_rttm
 
         if isinstance(inputs, (str, os.PathLike)):
             inputs = [inputs]

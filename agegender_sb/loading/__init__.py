@@ -1,1 +1,3 @@
-"""Sources (hub id, folder, savedir) → checked local files → strictly loaded modules; model folders and their YAML."""
+"""Sources (hub id, folder, savedir) → checked local files → strictly loaded modules; model folders
+and their YAML.
+"""

@@ -7,8 +7,8 @@ This module maps those names onto our modules with one table (:data:`KEY_PREFIXE
 the two spellings of the positional convolution's weight norm in one place
 (:func:`fold_weight_norm`), and refuses anything but an exact match (:func:`load_strict`):
 every tensor present, with its shape, floating point where the model's is, and finite.
-Where the files come from and what the architecture is: :mod:`agegender_sb.sources` and
-:mod:`agegender_sb.model_config`. This module imports nothing else of the package.
+Where the files come from and what the architecture is: :mod:`agegender_sb.loading.sources` and
+:mod:`agegender_sb.loading.config`. This module imports nothing else of the package.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import pickle
 from pathlib import Path
 
 import torch
+
+from agegender_sb.errors import CheckpointError
 
 __all__ = [
     "KEY_PREFIXES",
@@ -53,9 +55,6 @@ WEIGHT_NORM_SPELLINGS = {
 
 #: Weight files of a transformers folder, in order of preference.
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that does not match the model exactly; the message names the tensors."""
 
 
 def fold_weight_norm(state_dict: dict, target_keys) -> dict:
@@ -117,7 +116,7 @@ def load_strict(module: torch.nn.Module, state_dict: dict, source: str) -> None:
     >>> load_strict(lin, {"weight": torch.zeros(2, 2)}, "demo")
     Traceback (most recent call last):
     ...
-    agegender_sb.checkpoint.CheckpointError: demo does not match Linear: missing: bias
+    agegender_sb.errors.CheckpointError: demo does not match Linear: missing: bias
     """
     own = module.state_dict()
     state_dict = fold_weight_norm(state_dict, own.keys())
@@ -297,7 +296,7 @@ def wav2vec2_encoder_state_dict(state_dict: dict, source: str = "checkpoint") ->
     ... # doctest: +ELLIPSIS
     Traceback (most recent call last):
         ...
-    agegender_sb.checkpoint.CheckpointError: ...plain wav2vec2 checkpoint: lm_head.bias
+    agegender_sb.errors.CheckpointError: ...plain wav2vec2 checkpoint: lm_head.bias
     """
     prefixed = any(k.startswith("wav2vec2.") for k in state_dict)
     out, unknown = {}, []

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 from ruamel.yaml import YAML
 
-from .checkpoint import CheckpointError
+from agegender_sb.loading.checkpoint import CheckpointError
 
 __all__ = [
     "ARCH_KEY",
@@ -51,9 +51,9 @@ def packaged_hparams_path(name: str = "inference.yaml") -> Path:
     try:
         path = Path(str(files("agegender_sb.hparams").joinpath(name)))
     except ModuleNotFoundError:  # running from a source checkout that is not installed
-        path = Path(__file__).resolve().parent.parent / "hparams" / name
+        path = Path(__file__).resolve().parents[2] / "hparams" / name
     if not path.is_file():
-        path = Path(__file__).resolve().parent.parent / "hparams" / name
+        path = Path(__file__).resolve().parents[2] / "hparams" / name
     if not path.is_file():
         raise FileNotFoundError(f"{path}: packaged hyperparameter file not found")
     return path

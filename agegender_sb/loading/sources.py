@@ -32,16 +32,15 @@ import dataclasses
 import logging
 import os
 import re
-import shutil
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-import torch
 import yaml
 
-from .checkpoint import (
+from agegender_sb.errors import SourceError, UnsafeModelError
+from agegender_sb.loading.checkpoint import (
     WEIGHT_FILES,
     CheckpointError,
     load_state_dict_file,
@@ -49,31 +48,13 @@ from .checkpoint import (
     load_wav2vec2_encoder,
     split_audeering_state_dict,
 )
-from .model_config import (
+from agegender_sb.loading.config import (
     labels_from_config,
     packaged_hparams_path,
     plain_values,
     read_config,
-    render_model_yaml,
     setting_fields,
 )
-
-__all__ = [
-    "MODULE_FILES",
-    "ALLOWED_TAGS",
-    "SourceError",
-    "UnsafeModelError",
-    "ModelSource",
-    "check_yaml_tags",
-    "resolve_source",
-    "load_model",
-    "load_weights",
-    "save_model_folder",
-    "convert",
-    "describe",
-]
-
-logger = logging.getLogger(__name__)
 
 #: Modules a SpeechBrain model folder holds, one ``<name>.ckpt`` each.
 MODULE_FILES = ("encoder", "age_head", "gender_head")
@@ -82,15 +63,43 @@ MODULE_FILES = ("encoder", "age_head", "gender_head")
 #: package writes (its modules, SpeechBrain's Pretrainer, the strict loading hook, ``len``).
 ALLOWED_TAGS = frozenset({
     "!ref", "!copy",
-    "!new:agegender_sb.audio.UtteranceNormalizer",
-    "!new:agegender_sb.encoder.Wav2Vec2Encoder",
-    "!new:agegender_sb.heads.MaskedMeanPooling",
-    "!new:agegender_sb.heads.MLPHead",
-    "!new:agegender_sb.model.AgeGenderModel",
+    "!new:agegender_sb.model.normalizer.UtteranceNormalizer",
+    "!new:agegender_sb.model.encoder.Wav2Vec2Encoder",
+    "!new:agegender_sb.model.heads.MaskedMeanPooling",
+    "!new:agegender_sb.model.heads.MLPHead",
+    "!new:agegender_sb.model.network.AgeGenderModel",
     "!new:speechbrain.utils.parameter_transfer.Pretrainer",
-    "!name:agegender_sb.checkpoint.load_file_strict",
+    "!name:agegender_sb.loading.checkpoint.load_file_strict",
     "!apply:len",
 })
+
+#: Tags of model folders written by version 0.2 (flat modules) → where those names live now.
+#: Folders carrying them load as before; folders written now carry the new names.
+LEGACY_TAGS = {
+    "!new:agegender_sb.audio.UtteranceNormalizer":
+        "!new:agegender_sb.model.normalizer.UtteranceNormalizer",
+    "!new:agegender_sb.encoder.Wav2Vec2Encoder": "!new:agegender_sb.model.encoder.Wav2Vec2Encoder",
+    "!new:agegender_sb.heads.MaskedMeanPooling": "!new:agegender_sb.model.heads.MaskedMeanPooling",
+    "!new:agegender_sb.heads.MLPHead": "!new:agegender_sb.model.heads.MLPHead",
+    "!new:agegender_sb.model.AgeGenderModel": "!new:agegender_sb.model.network.AgeGenderModel",
+    "!name:agegender_sb.checkpoint.load_file_strict":
+        "!name:agegender_sb.loading.checkpoint.load_file_strict",
+}
+_LEGACY_TAG = re.compile("|".join(re.escape(k) + r"(?![\w.])" for k in LEGACY_TAGS))
+
+
+def upgrade_tags(text: str) -> str:
+    r"""A ``hyperparams.yaml`` text with version 0.2's tags replaced by today's names.
+
+    Example
+    -------
+    >>> upgrade_tags("encoder: !new:agegender_sb.encoder.Wav2Vec2Encoder\n")
+    'encoder: !new:agegender_sb.model.encoder.Wav2Vec2Encoder\n'
+    """
+    return _LEGACY_TAG.sub(lambda m: LEGACY_TAGS[m.group(0)], text)
+
+
+logger = logging.getLogger(__name__)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _OFFLINE_HINT = ("use a local model folder (--source DIR / source=DIR), the savedir of an "
@@ -98,12 +107,6 @@ _OFFLINE_HINT = ("use a local model folder (--source DIR / source=DIR), the save
                  "HF_HUB_OFFLINE=1")
 
 
-class SourceError(OSError):
-    """A model source that cannot be found or fetched; the message says what to do."""
-
-
-class UnsafeModelError(CheckpointError):
-    """A ``hyperparams.yaml`` that would run code this package did not write."""
 
 
 @dataclass
@@ -151,7 +154,7 @@ def check_yaml_tags(text: str, name: str) -> None:
     >>> check_yaml_tags("a: !apply:os.system [echo hi]\\n", "x.yaml")
     Traceback (most recent call last):
     ...
-    agegender_sb.sources.UnsafeModelError: x.yaml: refusing to load: tag !apply:os.system (line 1) \
+    agegender_sb.errors.UnsafeModelError: x.yaml: refusing to load: tag !apply:os.system (line 1) \
 is not one this package writes and could run code; if you trust this model folder, pass \
 trust_remote_code=True (--trust-remote-code)
     """
@@ -332,6 +335,7 @@ def _speechbrain_source(source, files, trusted, hparams_file, get) -> ModelSourc
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path}: cannot be read ({err})") from err
+    text = upgrade_tags(text)
     if not trusted:
         check_yaml_tags(text, str(path))
     values = plain_values(text, str(path))
@@ -347,7 +351,7 @@ def _speechbrain_source(source, files, trusted, hparams_file, get) -> ModelSourc
 
 
 def _transformers_source(source, files, get) -> ModelSource:
-    from .model_config import hparams_from_config
+    from agegender_sb.loading.config import hparams_from_config
 
     config = read_config(files["config.json"])
     weights = next((get(n) for n in WEIGHT_FILES if get(n) is not None), None)
@@ -377,10 +381,12 @@ def load_model(src: ModelSource, overrides: dict | None = None) -> dict:
     if src.kind == "wav2vec2":
         raise CheckpointError(f"{src.source}: a plain wav2vec2 checkpoint without age/gender "
                               "heads (id2label); fine-tune it with recipes/train.py first")
-    yaml_path = src.files["hyperparams"] if src.trusted else packaged_hparams_path()
-    merged = _merge(src.hparams, overrides or {})
-    with open(yaml_path, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, merged if not src.trusted else (overrides or {}))
+    if src.trusted:  # the folder's own YAML, with version 0.2's tags mapped to today's names
+        text = upgrade_tags(Path(src.files["hyperparams"]).read_text(encoding="utf-8"))
+        hparams = load_hyperpyyaml(text, overrides or {})
+    else:
+        text = packaged_hparams_path().read_text(encoding="utf-8")
+        hparams = load_hyperpyyaml(text, _merge(src.hparams, overrides or {}))
     load_weights(src, hparams)
     hparams.update(source_kind=src.kind, config=src.config)
     return hparams
@@ -416,147 +422,3 @@ def load_weights(src: ModelSource, hparams: dict) -> None:
         logger.info("%s: plain wav2vec2 encoder loaded; heads start from random", weights)
 
 
-# ---------------------------------------------------------------------------- writing
-def save_model_folder(
-    model: torch.nn.Module,
-    values: dict,
-    dest: str | os.PathLike,
-    config: dict | None = None,
-    overwrite: bool = True,
-) -> Path:
-    """Write an :class:`~agegender_sb.model.AgeGenderModel` as a SpeechBrain model folder.
-
-    ``hyperparams.yaml`` (the packaged ``inference.yaml`` with ``values``: architecture,
-    labels, settings), ``encoder.ckpt``, ``age_head.ckpt``, ``gender_head.ckpt`` and, when
-    given, ``config.json``. Files are written to ``dest/.partial`` first and then moved into
-    place.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Has ``encoder``, ``age_head`` and ``gender_head`` submodules.
-    values : dict
-        Plain settings of the packaged YAML (keys of
-        :func:`~agegender_sb.model_config.setting_fields`; others are ignored).
-    dest : str or PathLike
-    config : dict, optional
-        A ``config.json`` to keep next to the weights.
-    overwrite : bool
-        Replace the model files of an existing, non-empty ``dest``; if False such a folder
-        is refused.
-    """
-    import json
-
-    dest = Path(dest)
-    if dest.exists() and not dest.is_dir():
-        raise SourceError(f"{dest}: exists and is not a folder")
-    if not overwrite and dest.is_dir() and any(dest.iterdir()):
-        raise SourceError(f"{dest}: folder exists and is not empty (overwrite to replace it)")
-    dest.mkdir(parents=True, exist_ok=True)
-    tmp = dest / ".partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    settings = {k: v for k, v in values.items() if k in setting_fields()}
-    (tmp / "hyperparams.yaml").write_text(render_model_yaml(settings), encoding="utf-8")
-    for name in MODULE_FILES:
-        state = {k: v.detach().cpu().contiguous() for k, v in
-                 getattr(model, name).state_dict().items()}
-        torch.save(state, tmp / f"{name}.ckpt")
-    if config is not None:
-        (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    for item in tmp.iterdir():
-        os.replace(item, dest / item.name)
-    tmp.rmdir()
-    return dest
-
-
-def convert(
-    source: str | os.PathLike,
-    dest: str | os.PathLike,
-    overwrite: bool = False,
-    **resolve_kwargs,
-) -> Path:
-    """Convert an audEERING-layout checkpoint into a SpeechBrain model folder (files in,
-    files out).
-
-    The folder holds ``hyperparams.yaml`` (the packaged inference file with this
-    checkpoint's architecture and labels), ``encoder.ckpt``, ``age_head.ckpt``,
-    ``gender_head.ckpt`` and a copy of ``config.json``; ``AgeGenderClassifier.from_hparams``
-    loads it, and it can be hosted like any SpeechBrain model.
-
-    Parameters
-    ----------
-    source : str or PathLike
-        Hub id or local folder of an audEERING-layout checkpoint.
-    dest : str or PathLike
-        Output folder; an existing non-empty one is refused unless ``overwrite``.
-    **resolve_kwargs
-        ``savedir``, ``fetch_config``, ... for :func:`resolve_source`.
-    """
-    src = resolve_source(source, **resolve_kwargs)
-    if src.kind != "audeering":
-        what = ("already a SpeechBrain model folder, nothing to convert"
-                if src.kind == "speechbrain" else "a plain wav2vec2 checkpoint without heads")
-        raise CheckpointError(f"{source}: {what}")
-    dest = Path(dest)
-    if not overwrite and dest.is_dir() and any(dest.iterdir()):
-        raise SourceError(f"{dest}: folder exists and is not empty (--overwrite / "
-                          "overwrite=True to replace it)")
-    hparams = load_model(src)
-    values = {k: hparams[k] for k in setting_fields()}
-    return save_model_folder(hparams["model"], values, dest, config=src.config,
-                             overwrite=True)
-
-
-def _count_parameters(path: Path) -> int:
-    """Number of values in a weight file, from its header (safetensors) or a memory map."""
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            shapes = [handle.get_slice(k).get_shape() for k in handle.keys()]
-    else:
-        try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except Exception as err:  # a non-zipfile pickle cannot be memory-mapped
-            raise CheckpointError(f"{path}: cannot be read as plain tensors ({err})") from err
-        shapes = [tuple(v.shape) for v in state.values()]
-    total = 0
-    for shape in shapes:
-        n = 1
-        for d in shape:
-            n *= int(d)
-        total += n
-    return total
-
-
-def describe(source: str | os.PathLike, **resolve_kwargs) -> dict:
-    """What ``agegender info`` prints: layout, labels, sizes, parameter count, sample rate.
-
-    Read from the config and the weight files' headers: no model is built and no weight
-    is loaded (the 24-layer model is described in well under a second once fetched).
-
-    Example
-    -------
-    >>> info = describe(getfixture("tiny_checkpoint"))
-    >>> info["layout"], info["labels"], info["layers"]
-    ('audeering', ['female', 'male', 'child'], 2)
-    """
-    src = resolve_source(source, **resolve_kwargs)
-    arch = {**plain_values(packaged_hparams_path().read_text(encoding="utf-8"))["wav2vec2"],
-            **src.hparams.get("wav2vec2", {})}
-    if src.kind == "speechbrain":
-        weights = [src.files[f"{m}.ckpt"] for m in MODULE_FILES]
-    else:
-        weights = [src.files["weights"]]
-    labels = src.hparams.get("gender_labels")
-    return {
-        "source": str(source),
-        "layout": src.kind,
-        "labels": list(labels) if labels else [],
-        "layers": int(arch["num_hidden_layers"]),
-        "hidden_size": int(arch["hidden_size"]),
-        "attention_heads": int(arch["num_attention_heads"]),
-        "parameters": sum(_count_parameters(Path(w)) for w in weights),
-        "sample_rate": int(src.hparams.get("sample_rate", 16000)),
-    }

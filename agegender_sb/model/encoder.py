@@ -12,9 +12,9 @@ from collections.abc import Mapping
 import torch
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-from .audio import relative_to_samples
-from .cpu_speed import use_fast_cpu_modules
-from .fast_linear import use_onednn_linear
+from agegender_sb.audio import relative_to_samples
+from agegender_sb.backends.cpu_speed import use_fast_cpu_modules
+from agegender_sb.backends.fast_linear import use_onednn_linear
 
 __all__ = ["Wav2Vec2Encoder"]
 
@@ -45,9 +45,9 @@ class Wav2Vec2Encoder(torch.nn.Module):
         the same numbers within float rounding, and on the CPU the same speed (measured).
     onednn_linear : bool
         Run the Linear layers through oneDNN in CPU inference
-        (:mod:`agegender_sb.fast_linear`) and the convolutional feature encoder and
+        (:mod:`agegender_sb.backends.fast_linear`) and the convolutional feature encoder and
         positional convolution channels-last, with the weight norm cached
-        (:mod:`agegender_sb.cpu_speed`); same numbers within float rounding. Training and
+        (:mod:`agegender_sb.backends.cpu_speed`); same numbers within float rounding. Training and
         GPUs are unaffected.
 
     Example

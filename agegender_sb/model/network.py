@@ -40,9 +40,9 @@ class AgeGenderModel(torch.nn.Module):
 
     Example
     -------
-    >>> from agegender_sb.audio import UtteranceNormalizer
-    >>> from agegender_sb.encoder import Wav2Vec2Encoder
-    >>> from agegender_sb.heads import MaskedMeanPooling, MLPHead
+    >>> from agegender_sb.model.normalizer import UtteranceNormalizer
+    >>> from agegender_sb.model.encoder import Wav2Vec2Encoder
+    >>> from agegender_sb.model.heads import MaskedMeanPooling, MLPHead
     >>> enc = Wav2Vec2Encoder(dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
     ...     intermediate_size=37, conv_dim=[16] * 7, num_conv_pos_embeddings=16,
     ...     num_conv_pos_embedding_groups=2))

@@ -1,1 +1,3 @@
-"""Where the speech is: speech detectors (:mod:`.detectors`) and speaker turns given from outside (:mod:`.turns`)."""
+"""Where the speech is: speech detectors (:mod:`.detectors`) and speaker turns given from outside
+(:mod:`.turns`).
+"""

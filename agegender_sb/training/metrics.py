@@ -29,7 +29,7 @@ class AgeGenderStats:
         Upper edges (years) of the age bands; the last band is open.
     age_weight, gender_weight : float
         Weights of the two loss terms in the summarised ``loss`` (as in
-        :func:`agegender_sb.losses.multitask_loss`).
+        :func:`agegender_sb.training.losses.multitask_loss`).
 
     Example
     -------
