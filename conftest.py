@@ -29,6 +29,14 @@ def tiny_checkpoint(tmp_path_factory, tiny_card):
     return str(write_audeering_checkpoint(model, config, tmp_path_factory.mktemp("tiny")))
 
 
+@pytest.fixture(scope="module")
+def clf(tiny_checkpoint):
+    """The classifier of the tiny checkpoint (one per test module)."""
+    from agegender_sb import AgeGenderClassifier
+
+    return AgeGenderClassifier.from_hparams(source=tiny_checkpoint)
+
+
 @pytest.fixture(autouse=True)
 def _doctest_fixtures(doctest_namespace, request):
     doctest_namespace["getfixture"] = request.getfixturevalue

@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_VAD",
     "VAD_CHOICES",
     "DEFAULT_CONTEXT",
+    "AUDIO_EXTENSIONS",
 ]
 
 #: Sample rate the model was trained on (Hz): every signal is converted to it.
@@ -41,3 +42,11 @@ DEFAULT_CONTEXT = 0.5
 #: The speech detector used unless told otherwise (``none`` analyses every sample).
 DEFAULT_VAD = "silero"
 VAD_CHOICES = ("silero", "energy", "none")
+#: File name extensions (lower case) taken as audio in folders, matched in any case: the
+#: formats libsndfile reads, and compressed ones it may not (those get an error row naming
+#: the problem instead of being skipped).
+AUDIO_EXTENSIONS = frozenset({
+    ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".sph", ".nist", ".aif",
+    ".aiff", ".aifc", ".au", ".snd", ".w64", ".rf64", ".caf", ".voc", ".m4a", ".aac", ".wma",
+    ".webm",
+})

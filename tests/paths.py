@@ -6,6 +6,9 @@
 import os
 from pathlib import Path
 
+#: The repository's root folder.
+REPO = Path(__file__).resolve().parents[1]
+
 SPEECHOCEAN = Path(
     os.environ.get(
         "AGEGENDER_SPEECHOCEAN",

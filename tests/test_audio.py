@@ -13,14 +13,9 @@ import soundfile as sf
 import torch
 from transformers import Wav2Vec2FeatureExtractor
 
-from agegender_sb import AgeGenderClassifier, AudioError, NoSpeechError, load_audio
+from agegender_sb import AudioError, NoSpeechError, load_audio
 from agegender_sb.audio import AudioFile, resampled_length, validate_batch
 from agegender_sb.model.normalizer import normalize
-
-
-@pytest.fixture(scope="module")
-def clf(tiny_checkpoint):
-    return AgeGenderClassifier.from_hparams(source=tiny_checkpoint)
 
 
 def test_normalize_matches_feature_extractor():

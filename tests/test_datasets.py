@@ -15,15 +15,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from agegender_sb import AgeGenderClassifier
 from agegender_sb.datasets import labeller
 
 LABELS = ("female", "male", "child")
-
-
-@pytest.fixture(scope="module")
-def clf(tiny_checkpoint):
-    return AgeGenderClassifier.from_hparams(source=tiny_checkpoint)
 
 
 def _signal(seconds, rate, channels=1, seed=0):

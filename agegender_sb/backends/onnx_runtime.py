@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from agegender_sb.audio import AudioError, check_signal, relative_to_samples
+from agegender_sb.errors import CheckpointError
 
 __all__ = [
     "INPUT_NAME",
@@ -23,6 +24,8 @@ __all__ = [
     "OnnxModel",
     "import_onnxruntime",
     "release_weights",
+    "graph_fingerprint",
+    "META_MODEL",
 ]
 
 INPUT_NAME = "signal"
@@ -34,6 +37,8 @@ PROBS_OUTPUT = "probs_gender"
 META_PREFIX = "agegender_sb."
 META_LABELS = META_PREFIX + "labels"
 META_GENDER = META_PREFIX + "logits_gender"
+#: Fingerprint of the weights a graph was exported from (graphs of version 0.3 on).
+META_MODEL = META_PREFIX + "model_fingerprint"
 
 _ONNX_EXTRA_HINT = 'install the ONNX extra: pip install "agegender_sb[onnx]"'
 # --------------------------------------------------------------------------------------
@@ -105,9 +110,13 @@ class OnnxAgeGender:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such ONNX file")
-        self.session = ort.InferenceSession(
-            str(self.path), sess_options=so, providers=providers or ["CPUExecutionProvider"]
-        )
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), sess_options=so,
+                providers=providers or ["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime's own types: InvalidProtobuf, Fail, ...
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(f"{self.path}: not a readable ONNX graph ({reason})") from None
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         missing = [name for name in OUTPUT_NAMES if name not in self.output_names]
@@ -117,6 +126,7 @@ class OnnxAgeGender:
         labels = meta.get(META_LABELS)
         self.labels = tuple(labels.split(",")) if labels else None
         self.gender_output = meta.get(META_GENDER, "logits")  # audEERING's: raw logits
+        self.exported_from = meta.get(META_MODEL)  # None: not recorded (audEERING's, 0.2)
         if self.gender_output not in ("logits", "probabilities"):
             raise ValueError(f"{self.path}: metadata {META_GENDER}={self.gender_output!r}, "
                              "expected 'logits' or 'probabilities'")
@@ -242,3 +252,18 @@ def release_weights(module: nn.Module) -> int:
             freed += tensor.numel() * tensor.element_size()
             tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
     return freed
+
+
+def graph_fingerprint(path: str | os.PathLike) -> str:
+    """Short hash of an ONNX graph's bytes (and of ``<graph>.data`` beside it, where its
+    weights live for big models): names the graph in a table's record."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    graph = Path(path)
+    for part in (graph, graph.with_name(graph.name + ".data")):
+        if part.is_file():
+            with open(part, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:16]

@@ -17,7 +17,7 @@ from datetime import timedelta
 
 import torch
 
-__all__ = ["Distributed", "DIST_TIMEOUT", "threads_per_rank"]
+__all__ = ["Distributed", "DIST_TIMEOUT", "threads_per_rank", "exit_rank"]
 
 #: How long ranks wait for each other at a collective (long runs wait at the final barrier).
 DIST_TIMEOUT = timedelta(days=7)
@@ -92,8 +92,27 @@ class Distributed:
         return bool(t.item() > 0)
 
     def close(self) -> None:
+        """Leave the process group once every rank is done (a barrier first, so that no rank
+        tears its connections down while another still talks)."""
         if self.active:
             import torch.distributed as dist
 
             if dist.is_initialized():
-                dist.destroy_process_group()
+                try:
+                    dist.barrier()
+                finally:
+                    dist.destroy_process_group()
+
+
+def exit_rank(status: int) -> None:
+    """End a torchrun rank's process now, its files closed and its output flushed.
+
+    gloo's threads can still be tearing down when the interpreter finalises, which aborts
+    the process ("terminate called without an active exception") and turns a complete run
+    into a failure; leaving with ``os._exit`` after everything is written avoids that.
+    """
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -1,8 +1,11 @@
-"""What the ``agegender`` command reads: audio files, folders, list files, turns, speaker maps.
+"""What a run reads, resolved once: audio files, folders, list files, turns, speaker maps.
 
-Inputs become ``(path, turns)`` items: ``turns`` is None (analyse the whole file) or a list of
-:class:`~agegender_sb.speech.turns.Turn` from a segment list (``.csv`` with ``start``, ``end`` and
-``speaker`` columns) or an RTTM file (``--rttm``, matched by the audio file's stem).
+:func:`resolve_inputs` turns command-line inputs into :class:`Inputs`: unique real files (a
+file named twice, by another spelling, a link or a folder that holds it, is analysed once,
+under the first name given), each with its speaker turns or None (analyse it whole), the
+speaker map, and every path the run reads, for the output guard. Turns come from a segment
+list (``.csv`` with ``start``, ``end`` and optionally ``speaker`` columns) or RTTM
+(``--rttm``, matched by the audio file's stem).
 """
 
 from __future__ import annotations
@@ -11,24 +14,69 @@ import csv
 import io
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from agegender_sb.defaults import AUDIO_EXTENSIONS
 from agegender_sb.errors import InputError
 
 __all__ = [
     "AUDIO_EXTENSIONS",
+    "LIST_EXTENSIONS",
     "InputError",
+    "Inputs",
+    "file_key",
+    "resolve_inputs",
     "collect_items",
+    "read_list_items",
     "read_speakers",
     "SpeakerMap",
 ]
 
-#: File name extensions searched for in folders (case-insensitive): formats libsndfile reads.
-AUDIO_EXTENSIONS = frozenset({
-    ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".sph", ".nist", ".aif",
-    ".aiff", ".aifc", ".au", ".snd", ".w64", ".rf64", ".caf", ".voc",
-})
+#: File name extensions read as list files (case-insensitive).
+LIST_EXTENSIONS = (".txt", ".csv", ".lst", ".list")
 
+
+def file_key(path: str | os.PathLike) -> str:
+    """The identity of a file: its real path (links followed, ``.``/``..`` gone).
+
+    >>> file_key("a/../b.wav") == file_key("./b.wav")
+    True
+    """
+    return os.path.realpath(os.fspath(path))
+
+
+@dataclass
+class Inputs:
+    """Inputs resolved once.
+
+    Attributes
+    ----------
+    items : list of (str, list of Turn or None)
+        Unique files in input order: ``None`` analyses the whole file; a list of turns
+        analyses those turns; an empty list (``--rttm`` without an entry for the file) gives
+        the file a "no speaker turns" row.
+    reads : list of str
+        Every file the inputs name or consist of (audio, list, RTTM and speaker files).
+    speakers : SpeakerMap or None
+    rttm : str or None
+        The ``--rttm`` file or folder.
+    notes : list of str
+        What the user should hear about (files named twice, files without turns).
+    """
+
+    items: list
+    reads: list = field(default_factory=list)
+    speakers: SpeakerMap | None = None
+    rttm: str | None = None
+    notes: list = field(default_factory=list)
+
+
+def _csv_reader(text: str) -> csv.DictReader:
+    """A CSV reader whose column names are stripped of spaces (``path, start, end``)."""
+    reader = csv.DictReader(io.StringIO(text, newline=""), skipinitialspace=True)
+    reader.fieldnames = [(name or "").strip() for name in (reader.fieldnames or [])]
+    return reader
 
 
 def _resolve(entry: str, base: Path) -> str:
@@ -59,7 +107,7 @@ def read_list_items(path: str | os.PathLike) -> list[tuple[str, object]]:
     if path.suffix.lower() != ".csv":
         return [(_resolve(line.strip(), base), None) for line in text.splitlines()
                 if line.strip() and not line.strip().startswith("#")]
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    reader = _csv_reader(text)
     names = reader.fieldnames or []
     if "path" not in names:
         raise InputError(f"{path}: a CSV list needs a 'path' column (columns: {names})")
@@ -101,24 +149,30 @@ def _find_audio(folder: Path) -> list[str]:
     return sorted(found)
 
 
-def collect_items(items: Iterable[str | os.PathLike], rttm=None) -> list[tuple[str, list | None]]:
-    """``(path, turns or None)`` from command-line inputs, in order, each path once.
+def resolve_inputs(inputs: Iterable[str | os.PathLike], rttm=None, speakers=None) -> Inputs:
+    """Resolve command-line inputs once (see :class:`Inputs`).
 
-    - a folder → the audio files under it, recursively (by :data:`AUDIO_EXTENSIONS`), sorted;
-    - a ``.txt`` or ``.csv`` file → the paths (or segments) it lists;
+    - a folder → the audio files under it, recursively (by :data:`AUDIO_EXTENSIONS`, in any
+      case), sorted;
+    - a list file (:data:`LIST_EXTENSIONS`) → the paths (or segments) it lists;
     - anything else → itself (missing or unreadable files get an error row later).
 
-    ``rttm`` (a ``{file id: [Turn]}`` mapping, :func:`agegender_sb.speech.turns.read_rttm`) gives
-    the turns of each file whose stem is a file id.
+    ``rttm`` (an RTTM file or folder) gives the turns of each file whose stem is a file id;
+    ``speakers`` (Kaldi ``utt2spk`` or CSV ``path,speaker``) maps files to speakers.
 
     Raises
     ------
     InputError
-        For an unusable list file, a folder without audio files, RTTM file ids that match no
-        input, or a file given turns twice.
+        For an unusable list or speaker file, a folder without audio files, RTTM file ids that
+        match no input or several, or a file given turns twice.
     """
-    out: dict[str, list | None] = {}
-    for item in items:
+    from agegender_sb.speech.turns import read_rttm, rttm_files
+
+    reads: list[str] = []
+    notes: list[str] = []
+    out: dict[str, tuple[str, list | None]] = {}  # file key -> (first name, turns)
+    again: list[tuple[str, str]] = []
+    for item in inputs:
         item = os.fspath(item)
         p = Path(item)
         if p.is_dir():
@@ -126,34 +180,70 @@ def collect_items(items: Iterable[str | os.PathLike], rttm=None) -> list[tuple[s
             if not rows:
                 raise InputError(f"{p}: no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})"
                                  " found in this folder")
-        elif p.suffix.lower() in (".txt", ".csv", ".lst", ".list"):
+        elif p.suffix.lower() in LIST_EXTENSIONS:
             if not p.is_file():
                 raise InputError(f"{p}: no such list file")
+            reads.append(item)
             rows = read_list_items(p)
         else:
             rows = [(item, None)]
         for path, turn in rows:
-            if turn is None:
-                out.setdefault(path, None)
-            else:
-                out.setdefault(path, [])
-                if out[path] is None:
+            key = file_key(path)
+            if key not in out:
+                out[key] = (path, None if turn is None else [])
+                reads.append(path)
+            elif turn is None:
+                if out[key][1] is not None:
                     raise InputError(f"{path}: listed both whole and in segments")
-                out[path].append(turn)
+                again.append((path, out[key][0]))
+            if turn is not None:
+                if out[key][1] is None:
+                    raise InputError(f"{path}: listed both whole and in segments")
+                out[key][1].append(turn)
+    if again:
+        first = again[0]
+        notes.append(f"{len(again)} input(s) name a file already listed (first: {first[0]} is "
+                     f"{first[1]}); each file is analysed once")
     if rttm:
-        by_stem: dict[str, list[str]] = {}
-        for path in out:
-            by_stem.setdefault(Path(path).stem, []).append(path)
-        unknown = sorted(set(rttm) - set(by_stem))
-        if unknown:
-            raise InputError(f"RTTM file ids with no audio among the inputs: "
-                             f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
-        for file_id, turns in rttm.items():
-            for path in by_stem[file_id]:
-                if out[path] is not None:
-                    raise InputError(f"{path}: turns given both by a segment list and RTTM")
-                out[path] = list(turns)
-    return list(out.items())
+        reads += [str(f) for f in rttm_files(rttm)]
+        _apply_rttm(out, read_rttm(rttm), notes)
+    spk_map = None
+    if speakers:
+        reads.append(os.fspath(speakers))
+        spk_map = read_speakers(speakers)
+    return Inputs(list(out.values()), reads, spk_map, None if rttm is None else str(rttm),
+                  notes)
+
+
+def _apply_rttm(out: dict, rttm: dict, notes: list) -> None:
+    by_stem: dict[str, list[str]] = {}
+    for key, (path, _) in out.items():
+        by_stem.setdefault(Path(path).stem, []).append(key)
+    unknown = sorted(set(rttm) - set(by_stem))
+    if unknown:
+        raise InputError(f"RTTM file ids with no audio among the inputs: "
+                         f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+    for file_id, turns in rttm.items():
+        keys = by_stem[file_id]
+        if len(keys) > 1:
+            names = ", ".join(out[k][0] for k in keys[:4])
+            raise InputError(f"RTTM file id {file_id!r} matches {len(keys)} inputs ({names}): "
+                             "give each recording a distinct name, or one RTTM per run")
+        path, given = out[keys[0]]
+        if given is not None:
+            raise InputError(f"{path}: turns given both by a segment list and RTTM")
+        out[keys[0]] = (path, list(turns))
+    without = [key for key, (_, turns) in out.items() if turns is None]
+    for key in without:
+        out[key] = (out[key][0], [])
+    if without:
+        notes.append(f"{len(without)} input(s) have no speaker turns in the RTTM (first: "
+                     f"{out[without[0]][0]}); their rows say so")
+
+
+def collect_items(items: Iterable[str | os.PathLike], rttm=None) -> list[tuple[str, list | None]]:
+    """``(path, turns or None)`` of :func:`resolve_inputs` (without speakers)."""
+    return resolve_inputs(items, rttm).items
 
 
 class SpeakerMap:
@@ -208,7 +298,7 @@ def read_speakers(path: str | os.PathLike) -> SpeakerMap:
         raise InputError(f"{path}: cannot read the speaker file ({err})") from err
     mapping: dict[str, str] = {}
     if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
+        reader = _csv_reader(text)
         names = reader.fieldnames or []
         if "path" not in names or "speaker" not in names:
             raise InputError(f"{path}: a speaker CSV needs 'path' and 'speaker' columns "

@@ -1,12 +1,11 @@
-"""Analysis results → table rows, and speakers pooled from rows; shared by the command line
-(:mod:`agegender_sb.cli`) and :meth:`AgeGenderClassifier.predict_table`.
+"""Analysis results → table rows, and speakers pooled from file rows; used by the batch
+runner (:mod:`agegender_sb.batch.runner`) only.
 
 Row kinds and columns: see :mod:`agegender_sb.batch.tables`. Speaker rows (``--speakers``) are
 pooled from file rows with the result type's one pooling rule
-(:meth:`~agegender_sb.inference.results.AgeGenderPrediction.pool`, weights: seconds of speech),
-taking
-the logarithm of the written probabilities as logits (equal up to a constant per row, so the
-pooled probabilities are the same).
+(:meth:`~agegender_sb.inference.results.AgeGenderPrediction.pool`, weights: seconds of
+speech), taking the logarithm of the written probabilities as logits (equal up to a constant
+per row, so the pooled probabilities are the same).
 """
 
 from __future__ import annotations
@@ -15,57 +14,54 @@ import math
 
 import torch
 
-from agegender_sb.inference.analysis import NO_SPEECH, FileResult, SpanResult
-from agegender_sb.inference.results import AgeGenderPrediction
+from agegender_sb.batch.tables import row_status
+from agegender_sb.inference.results import (
+    AgeGenderPrediction,
+    FileResult,
+    SpanResult,
+    Status,
+)
 
-__all__ = ["file_rows", "error_row", "speaker_row", "speaker_rows", "is_failure",
-           "iter_file_rows"]
+__all__ = ["file_rows", "error_row", "speaker_row", "speaker_rows", "is_failure"]
 
 # Probabilities are written with 4 decimals: below this a written 0 says nothing more.
 _PROB_FLOOR = 5e-5
 
 
-def _values(span: SpanResult, pred=None) -> dict:
-    pred = span.prediction if pred is None else pred
-    if pred is None:
-        return {"error": span.error or NO_SPEECH}
-    return {"error": None, **pred.to_records()[0]}
+def _values(result: SpanResult | FileResult) -> dict:
+    if result.prediction is None:
+        return {"error": result.message}
+    return {"error": None, **result.prediction.to_records()[0]}
 
 
 def file_rows(path: str, result: FileResult, segments: bool = False) -> list[dict]:
     """The rows of one analysed file, its own row last.
 
-    With turns: one row per speaker of the file (and per turn with ``segments``); without:
-    one row per window of a windowed file with ``segments``.
+    With turns: one row per named speaker of the file (and per turn with ``segments``, with
+    or without a speaker); without: one row per window of a windowed file with ``segments``.
     """
     rows = []
-    turns = any(s.speaker is not None for s in result.spans)
     if segments:
         for span in result.spans:
-            if turns:
+            if result.turns:
                 rows.append({"path": path, "speaker": span.speaker, "start": span.start,
                              "end": span.end, "duration": span.duration,
                              "speech": span.speech, **_values(span)})
-            elif span.windowed and span.window_predictions is not None:
+            elif span.windowed:
                 for (start, end), speech, rec in zip(
                         span.windows, span.window_speech, span.window_predictions.to_records()):
                     rows.append({"path": path, "start": start, "end": end,
                                  "duration": end - start, "speech": speech, "error": None,
                                  **rec})
-    if turns:
-        for speaker, pooled in result.speakers().items():
-            total = sum(s.duration for s in result.spans if s.speaker == speaker)
-            # "_span" (not a column): from its first turn's start to its last turn's end,
-            # the row's place in predict_table's segmented index
-            rows.append({"path": path, "speaker": speaker, "duration": total,
-                         "speech": pooled.speech, "_span": (pooled.start, pooled.end),
-                         **_values(pooled)})
-    own = {"path": path, "duration": result.duration, "speech": result.speech}
-    if result.prediction is None:
-        own["error"] = result.error or NO_SPEECH
-    else:
-        own.update(error=None, **result.prediction.to_records()[0])
-    rows.append(own)
+    for speaker, pooled in result.speakers().items():
+        total = sum(s.duration for s in result.spans if s.speaker == speaker)
+        # "_span" (not a column): from its first turn's start to its last turn's end,
+        # the row's place in predict_table's segmented index
+        rows.append({"path": path, "speaker": speaker, "duration": total,
+                     "speech": pooled.speech, "_span": (pooled.start, pooled.end),
+                     **_values(pooled)})
+    rows.append({"path": path, "duration": result.duration, "speech": result.speech,
+                 **_values(result)})
     return rows
 
 
@@ -75,8 +71,8 @@ def error_row(path: str, err: Exception) -> dict:
 
 
 def is_failure(row: dict) -> bool:
-    """Whether a row reports a failure (no speech is a result, not a failure)."""
-    return row.get("error") is not None and row.get("error") != NO_SPEECH
+    """Whether a row reports a failure (no speech, no turns are results, not failures)."""
+    return row_status(row).is_failure
 
 
 def speaker_row(speaker: str, rows: list[dict], labels) -> dict:
@@ -92,10 +88,10 @@ def speaker_row(speaker: str, rows: list[dict], labels) -> dict:
     >>> r["age"], r["gender"], r["duration"], r["speech"]
     (25.0, 'female', 5.0, 4.0)
     """
-    ok = [r for r in rows if r.get("error") is None and (r.get("speech") or 0) > 0]
+    ok = [r for r in rows if row_status(r) is Status.OK and (r.get("speech") or 0) > 0]
     if not ok:
-        if rows and all(r.get("error") == NO_SPEECH for r in rows):
-            return {"speaker": speaker, "error": NO_SPEECH}  # a result, not a failure
+        if rows and not any(is_failure(r) for r in rows):  # a result, not a failure
+            return {"speaker": speaker, "error": Status.NO_SPEECH.value}
         return {"speaker": speaker, "error": f"speaker {speaker}: none of its {len(rows)} "
                                              "file(s) was analysed successfully"}
     logits = torch.tensor([[math.log(max(r[lab], _PROB_FLOOR)) for lab in labels] for r in ok],
@@ -108,19 +104,9 @@ def speaker_row(speaker: str, rows: list[dict], labels) -> dict:
             "speech": float(sum(r["speech"] for r in ok)), "error": None, **pooled}
 
 
-def iter_file_rows(analyzer, items, segments: bool = False):
-    """``(path, result or error, rows)`` for each input item, in order (see
-    :meth:`~agegender_sb.inference.analysis.Analyzer.analyse_many`); the file's own row is last."""
-    for path, res in analyzer.analyse_many(items):
-        if isinstance(res, Exception):
-            yield path, res, [error_row(path, res)]
-        else:
-            yield path, res, file_rows(path, res, segments)
-
-
-def speaker_rows(spk_map, paths, results: dict, labels, skip=()) -> list[dict]:
-    """One row per speaker of ``spk_map`` among ``paths`` (not in ``skip``), pooled from the
-    file rows in ``results`` (``{path: file row}``)."""
+def speaker_rows(spk_map, paths, results: dict, labels) -> list[dict]:
+    """One row per speaker of ``spk_map`` among ``paths``, pooled from the file rows in
+    ``results`` (``{path: file row}``)."""
     return [speaker_row(spk, [results.get(p, {"error": "not analysed"}) for p in spk_paths],
                         labels)
-            for spk, spk_paths in spk_map.speakers_of(paths).items() if spk not in skip]
+            for spk, spk_paths in spk_map.speakers_of(paths).items()]

@@ -18,12 +18,15 @@ detected"; a file that failed has only ``path`` and ``error``. Numbers are writt
 decimals for seconds, 2 for years and 4 for probabilities. In JSONL, empty values are
 ``null``.
 
+In CSV, numbers have exactly that many decimals (``2.580``); in JSONL they are JSON numbers
+with at most that many (``2.58``).
+
 File names are written as the operating system gives them: UTF-8 text, and bytes that are not
 UTF-8 unchanged (Python's ``surrogateescape``), so every name round-trips through a table and
 ``--resume``; CSV fields holding a comma, a quote, a line break or a carriage return are
 quoted (RFC 4180). Beside a table written to a file, ``<table>.agegender.json`` records what
-made it (:func:`write_provenance`); ``--resume`` refuses a table made by another analysis,
-and ``<table>.lock`` keeps a second process from writing the same table.
+made it; ``--resume`` refuses a table made by another analysis, and ``<table>.lock`` keeps a
+second process from writing the same table (:mod:`agegender_sb.batch.provenance`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agegender_sb.errors import TableError
+from agegender_sb.inference.results import Status
 
 __all__ = [
     "FORMATS",
@@ -44,14 +48,13 @@ __all__ = [
     "columns",
     "guess_format",
     "format_record",
+    "row_kind",
+    "row_status",
     "TableWriter",
     "read_table",
-    "prepare_resume",
-    "is_group_end",
-    "provenance_path",
-    "write_provenance",
-    "check_provenance",
-    "lock_table",
+    "file_groups",
+    "truncate_incomplete",
+    "rewrite_table",
 ]
 
 FORMATS = ("csv", "jsonl")
@@ -96,6 +99,15 @@ def guess_format(path: str | os.PathLike | None, fmt: str | None = None) -> str:
     return "csv"
 
 
+def _digits(col: str, labels) -> int | None:
+    """Decimals a column's numbers are written with (None: not a number column)."""
+    if col in ("start", "end", "duration", "speech"):
+        return _SECONDS
+    if col == "age":
+        return _YEARS
+    return _PROB if col in labels else None
+
+
 def _round(value, digits):
     if value is None:
         return None
@@ -131,24 +143,67 @@ def format_record(record: dict, labels: Sequence[str]) -> dict:
     return out
 
 
-def _csv_cell(value) -> str:
+def row_kind(row: dict) -> str:
+    """``"file"``, ``"segment"`` (a window or turn), ``"turn_speaker"`` (a speaker's turns in
+    one file) or ``"speaker"`` (``--speakers``): the one place row kinds are told apart.
+
+    Example
+    -------
+    >>> [row_kind(r) for r in ({"path": "a.wav"}, {"path": "a.wav", "start": 0.0},
+    ...  {"path": "a.wav", "speaker": "s1"}, {"path": None, "speaker": "s1"})]
+    ['file', 'segment', 'turn_speaker', 'speaker']
+    """
+    if row.get("path") is None:
+        return "speaker"
+    if row.get("start") is not None:
+        return "segment"
+    return "turn_speaker" if row.get("speaker") is not None else "file"
+
+
+def row_status(row: dict) -> Status:
+    """What a row's ``error`` column says: a result (``OK``), one of the statuses that are
+    results without age and gender (``NO_SPEECH``, ``NO_TURNS``), or a failure.
+
+    Example
+    -------
+    >>> [row_status({"error": e}).name for e in (None, "no speech detected", "x.wav: bad")]
+    ['OK', 'NO_SPEECH', 'FAILED']
+    """
+    error = row.get("error")
+    if error is None:
+        return Status.OK
+    return _STATUS_OF.get(error, Status.FAILED)
+
+
+_STATUS_OF = {s.value: s for s in (Status.NO_SPEECH, Status.NO_TURNS)}
+
+
+def _number(value: float, digits: int | None) -> str:
+    if not math.isfinite(value):
+        return repr(value)
+    return f"{value:.{digits}f}" if digits is not None else repr(value)
+
+
+def _csv_cell(value, digits: int | None = None) -> str:
     if value is None:
         return ""
-    text = repr(value) if isinstance(value, float) and not math.isfinite(value) else str(value)
+    text = _number(value, digits) if isinstance(value, float) else str(value)
     if any(c in text for c in ',"\r\n') or text != text.strip():
         text = '"' + text.replace('"', '""') + '"'
     return text
 
 
-def _csv_line(values: Sequence) -> str:
-    """One RFC 4180 record (``\\n``-terminated), quoting what needs it, ``\\r`` included.
+def _csv_line(values: Sequence, digits: Sequence | None = None) -> str:
+    """One RFC 4180 record (``\\n``-terminated), quoting what needs it, ``\\r`` included;
+    numbers with ``digits`` decimals each (None: as Python writes them).
 
     Example
     -------
-    >>> _csv_line(["a,b", None, 1.5, 'x"\\ry'])
-    '"a,b",,1.5,"x""\\ry"\\n'
+    >>> _csv_line(["a,b", None, 1.5, 'x"\\ry'], [None, None, 3, None])
+    '"a,b",,1.500,"x""\\ry"\\n'
     """
-    return ",".join(_csv_cell(v) for v in values) + "\n"
+    digits = digits or [None] * len(values)
+    return ",".join(_csv_cell(v, d) for v, d in zip(values, digits)) + "\n"
 
 
 class TableWriter:
@@ -196,6 +251,7 @@ class TableWriter:
         if self.fmt == "csv" and need_header:
             self._fh.write(_csv_line(self.columns))
             self._fh.flush()
+        self._digits = [None if precise else _digits(c, self.labels) for c in self.columns]
 
     def write(self, record: dict) -> None:
         """Write one row and flush it."""
@@ -204,13 +260,19 @@ class TableWriter:
         else:
             row = format_record(record, self.labels)
         if self.fmt == "csv":
-            line = _csv_line([row[c] for c in self.columns])
+            line = _csv_line([row[c] for c in self.columns], self._digits)
         else:
             line = json.dumps(row, ensure_ascii=False) + "\n"
         if not self._own:  # a terminal or pipe may not take undecodable names
             line = line.encode(ENCODING, ERRORS).decode(ENCODING, "backslashreplace")
         self._fh.write(line)
         self._fh.flush()
+
+    def sync(self) -> None:
+        """Push what was written to the disk (``fsync``), for a file about to be renamed."""
+        if self._own:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
 
     def close(self) -> None:
         if self._own:
@@ -289,11 +351,10 @@ def _parse(path, data: bytes, fmt: str, labels) -> tuple[list[tuple[int, dict]],
     return out, header_end
 
 
-def is_group_end(record: dict) -> bool:
-    """Whether a row closes a group: a file row (no speaker, no start) or a speaker row."""
-    if record.get("path") is None:
-        return True
-    return record.get("start") is None and record.get("speaker") is None
+def _ends_group(record: dict) -> bool:
+    """Whether a row closes a group: a file row (its group: its segment and turn-speaker rows
+    before it) or a speaker row."""
+    return row_kind(record) in ("file", "speaker")
 
 
 def read_table(path: str | os.PathLike, labels: Sequence[str], fmt: str | None = None) -> list:
@@ -311,13 +372,10 @@ def read_table(path: str | os.PathLike, labels: Sequence[str], fmt: str | None =
     return [rec for _, rec in records]
 
 
-def prepare_resume(path: str | os.PathLike, labels: Sequence[str],
-                   fmt: str | None = None) -> list[dict]:
-    """Make an existing table safe to append to, and return its rows.
-
-    Cuts the file after its last file (or speaker) row: this drops a truncated last record
-    and the rows of a file whose own row was never written (an interrupted run). Nothing
-    before that point is changed. A missing file is fine (no rows).
+def truncate_incomplete(path: str | os.PathLike, labels: Sequence[str],
+                        fmt: str | None = None) -> None:
+    """Cut a table after its last complete group: a truncated last record and the rows of a
+    file whose own row was never written (an interrupted run) go; nothing before changes.
 
     Raises
     ------
@@ -325,103 +383,51 @@ def prepare_resume(path: str | os.PathLike, labels: Sequence[str],
         As :func:`read_table`.
     """
     path = Path(path)
-    if not path.exists():
-        return []
     fmt = guess_format(path, fmt)
     data = path.read_bytes()
     records, header_end = _parse(path, data, fmt, tuple(labels))
-    keep, n_kept = header_end, 0
-    for i, (end, rec) in enumerate(records):
-        if is_group_end(rec):
-            keep, n_kept = end, i + 1
-    kept = [r for _, r in records[:n_kept]]
+    keep = header_end
+    for end, rec in records:
+        if _ends_group(rec):
+            keep = end
     if keep < len(data):
         with open(path, "r+b") as fh:
             fh.truncate(keep)
-    return kept
 
 
-# ---------------------------------------------------------------------------- provenance
-def provenance_path(table: str | os.PathLike) -> Path:
-    """Where the record of what made ``table`` lives: ``<table>.agegender.json``."""
-    table = Path(table)
-    return table.with_name(table.name + ".agegender.json")
+def file_groups(rows: Sequence[dict]) -> dict:
+    """``{file key: rows}``: each file's complete group (its segment and turn-speaker rows,
+    its own row last) in table order; speaker rows and an unfinished last group left out.
+    Keys are :func:`~agegender_sb.batch.inputs.file_key` of the path.
+    """
+    from agegender_sb.batch.inputs import file_key
+
+    groups: dict = {}
+    pending: list = []
+    for row in rows:
+        kind = row_kind(row)
+        if kind == "speaker":
+            pending = []
+            continue
+        pending.append(row)
+        if kind == "file":
+            groups[file_key(row["path"])] = pending
+            pending = []
+    return groups
 
 
-def write_provenance(table: str | os.PathLike, record: dict) -> Path:
-    """Write ``record`` beside ``table`` atomically (temporary file, then rename)."""
-    path = provenance_path(table)
+def rewrite_table(path: str | os.PathLike, labels: Sequence[str], fmt: str,
+                  rows: Sequence[dict]) -> None:
+    """Replace the table at ``path`` by ``rows`` in one step (a temporary file beside it,
+    flushed to disk, then renamed over it): a reader or a kill sees the old table or the
+    new one, never a mix."""
+    path = Path(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def _flat(record: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in record.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def check_provenance(table: str | os.PathLike, record: dict) -> None:
-    """Refuse to resume ``table`` unless it was made by the analysis ``record`` describes.
-
-    Raises
-    ------
-    TableError
-        Naming the first differing fields (or the missing record).
-
-    Example
-    -------
-    >>> t = getfixture("tmp_path") / "t.csv"
-    >>> _ = t.write_text("x\\n"); _ = write_provenance(t, {"analysis": {"window": 4.0}})
-    >>> check_provenance(t, {"analysis": {"window": 2.0}})
-    Traceback (most recent call last):
-    ...
-    agegender_sb.errors.TableError: ...: made by another analysis: analysis.window is 4.0 \
-there, 2.0 here; resume with the same settings, or write a new table
-    """
-    path = provenance_path(table)
     try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TableError(f"{table}: no record of what made this table ({path.name} is "
-                         "missing), so appending could mix two analyses; write a new "
-                         "table") from None
-    except (OSError, ValueError) as err:
-        raise TableError(f"{path}: unreadable ({err})") from err
-    a, b = _flat(old if isinstance(old, dict) else {}), _flat(record)
-    # the model is identified by its fingerprint, not by the path or id it was loaded from
-    differ = [k for k in sorted(set(a) | set(b)) if k not in ("created", "model.source")
-              and a.get(k) != b.get(k)]
-    if differ:
-        said = "; ".join(f"{k} is {a.get(k)!r} there, {b.get(k)!r} here" for k in differ[:4])
-        raise TableError(f"{table}: made by another analysis: {said}; resume with the same "
-                         "settings, or write a new table")
-
-
-def lock_table(table: str | os.PathLike):
-    """Hold ``<table>.lock`` so that no second process writes ``table`` (released by the
-    kernel if the process dies). Returns the held lock; ``release()`` it when done.
-
-    Raises
-    ------
-    TableError
-        If another process holds it.
-    """
-    from filelock import FileLock, Timeout
-
-    table = Path(table)
-    table.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(table.with_name(table.name + ".lock")))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise TableError(f"{table}: another agegender process is writing this table "
-                         f"(lock {lock.lock_file}); wait for it or choose another "
-                         "output") from None
-    return lock
+        with TableWriter(tmp, labels, fmt) as writer:
+            for row in rows:
+                writer.write(row)
+            writer.sync()
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -50,6 +50,5 @@ def main(argv: list[str] | None = None) -> int:
     return int(args.func(args))
 
 
-
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

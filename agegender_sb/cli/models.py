@@ -88,15 +88,29 @@ def cmd_convert(args) -> int:
 
 
 def cmd_export_onnx(args) -> int:
+    from pathlib import Path
+
+    from agegender_sb.batch.guard import check_output, model_files
+    from agegender_sb.errors import AgeGenderError
+
+    out = Path(args.out)
+    int8 = out.with_name(out.stem + "-int8" + out.suffix)
+    try:  # before the model loads: never write over the model's own files
+        check_output(out, model_files(args.src),
+                     beside=[out.with_name(out.name + ".data"), *([int8] if args.int8 else [])],
+                     what="OUT")
+    except AgeGenderError as err:
+        error("export-onnx", err)
+        return 2
     try:
         from agegender_sb.export.onnx import export_onnx, quantize_onnx_dynamic
 
         clf = load_classifier(args.src, "cpu", trust_remote_code=args.trust_remote_code)
-        out = export_onnx(clf.mods.model, args.out, clf.labels,
-                          gender_probabilities=args.probabilities)
+        out = export_onnx(clf.mods.model, out, clf.labels,
+                          gender_probabilities=args.probabilities, fingerprint=clf.fingerprint)
         print(f"wrote {out}")
         if args.int8:
-            q = quantize_onnx_dynamic(out, out.with_name(out.stem + "-int8" + out.suffix))
+            q = quantize_onnx_dynamic(out, int8)
             print(f"wrote {q}")
     except (ImportError, *load_errors()) as err:
         error("export-onnx", err)

@@ -4,7 +4,6 @@ gender, and write a table (see :mod:`agegender_sb.batch.tables` and ``docs/cli.m
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -90,6 +89,9 @@ def add_parser(sub) -> None:
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                    help="torch (default) or onnx: ONNX Runtime, exporting the model once "
                         "(needs the 'onnx' extra)")
+    p.add_argument("--allow-other-onnx", action="store_true",
+                   help="run an --onnx-path graph that records another model than --source "
+                        "(refused otherwise; the table's record names the graph)")
     p.add_argument("--onnx-path", metavar="FILE",
                    help="ONNX graph to use or create for --backend onnx (default: a cache file "
                         "named by a hash of the weights)")
@@ -106,30 +108,6 @@ def add_parser(sub) -> None:
 
 
 # ---------------------------------------------------------------------------- predict
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return os.path.realpath(a) == os.path.realpath(b)
-
-
-def _check_output(output: Path, args, items) -> None:
-    """Refuse an output that is one of the inputs (a list, audio, speaker or RTTM file)."""
-    from agegender_sb.batch.inputs import InputError
-    from agegender_sb.batch.tables import provenance_path
-
-    named = [Path(p) for p in args.inputs if not Path(p).is_dir()]
-    named += [Path(p) for p, _ in items]
-    named += [Path(x) for x in (args.speakers, args.rttm) if x]
-    for target in (output, provenance_path(output)):
-        for path in named:
-            if _same_file(target, path):
-                raise InputError(f"--output {output} is an input ({path}): refusing to "
-                                 "overwrite it")
-
-
 def _detector(args):
     from agegender_sb.speech.detectors import make_detector
 
@@ -145,10 +123,55 @@ def _detector(args):
     return make_detector(None if args.vad == "none" else args.vad, **options)
 
 
+def _prepare(args):
+    """Everything checked before the model loads: settings, inputs, the output guard."""
+    from agegender_sb.batch.guard import check_output, model_files
+    from agegender_sb.batch.inputs import resolve_inputs
+    from agegender_sb.batch.provenance import provenance_path
+    from agegender_sb.batch.tables import guess_format
+    from agegender_sb.inference.analysis import AnalysisSettings
+
+    settings = AnalysisSettings(window=args.window, hop=args.hop, max_whole=args.max_whole,
+                                batch_size=args.batch_size, detector=_detector(args),
+                                trim=args.trim, context=args.speech_context)
+    fmt = guess_format(args.output, args.format)
+    inputs = resolve_inputs(args.inputs, args.rttm, args.speakers)
+    if args.output:
+        out = Path(args.output)
+        reads = inputs.reads + [str(f) for f in model_files(args.source, args.onnx_path)]
+        check_output(out, reads, beside=[provenance_path(out), out.with_name(out.name + ".lock")])
+    return settings, fmt, inputs
+
+
+def _record(args, clf, settings, fmt) -> dict:
+    """The provenance record of this analysis (compared on ``--resume``)."""
+    from agegender_sb import __version__
+
+    return {"agegender_sb": __version__,
+            "model": {"source": str(args.source), "fingerprint": clf.fingerprint,
+                      "labels": list(clf.labels)},
+            "backend": args.backend, "precision": args.precision,
+            "fast_path": clf.fast_path,  # "auto" resolved
+            "onnx": clf.onnx_record, "analysis": settings.record(), "format": fmt}
+
+
+class _Collective:
+    """Problems met by one rank stop every rank: each check is a collective step."""
+
+    def __init__(self, dist, device):
+        self.dist, self.device = dist, device
+
+    def failed(self, problem, elsewhere: str) -> bool:
+        """Whether any rank has a ``problem``; reports this rank's, or ``elsewhere``."""
+        if self.dist.any_true(problem is not None, self.device):
+            error("predict", problem or elsewhere)
+            return True
+        return False
+
+
 def cmd_predict(args) -> int:
-    from agegender_sb.batch.distributed import Distributed, threads_per_rank
-    from agegender_sb.batch.inputs import InputError, collect_items, read_speakers
-    from agegender_sb.batch.tables import TableError, guess_format, lock_table
+    from agegender_sb.batch.distributed import Distributed, exit_rank, threads_per_rank
+    from agegender_sb.errors import AgeGenderError
 
     dist = Distributed()
     if dist.active and not args.output:
@@ -158,20 +181,13 @@ def cmd_predict(args) -> int:
         error("predict", "--resume needs --output")
         return 2
     try:
-        from agegender_sb.inference.analysis import Analyzer
-        from agegender_sb.speech.turns import read_rttm
-
-        analyzer = Analyzer(None, window=args.window, hop=args.hop, max_whole=args.max_whole,
-                            batch_size=args.batch_size, detector=_detector(args),
-                            trim=args.trim, context=args.speech_context)
-        fmt = guess_format(args.output, args.format)
-        items = collect_items(args.inputs, read_rttm(args.rttm) if args.rttm else None)
-        spk_map = read_speakers(args.speakers) if args.speakers else None
-        if args.output:
-            _check_output(Path(args.output), args, items)
-    except (InputError, ValueError, OSError) as err:
+        settings, fmt, inputs = _prepare(args)
+    except (AgeGenderError, ValueError, OSError) as err:
         error("predict", err)
         return 2
+    if dist.is_main:
+        for note in inputs.notes:
+            print(f"{PROG} predict: note: {note}", file=sys.stderr, flush=True)
     import torch
 
     torch.set_num_threads(args.threads or threads_per_rank(dist.local_world))
@@ -180,181 +196,72 @@ def cmd_predict(args) -> int:
         error("predict", f"--device {device}: CUDA is not available")
         return 2
     device = dist.init(device)
-    lock = None
     try:
+        status = _run(args, dist, device, settings, fmt, inputs)
+    finally:
+        dist.close()
+    if dist.active:  # every file written: leave before gloo's teardown can abort the process
+        exit_rank(status)
+    return status
+
+
+def _run(args, dist, device, settings, fmt, inputs) -> int:
+    import contextlib
+
+    from agegender_sb.batch.provenance import TableLock
+    from agegender_sb.batch.runner import BatchRunner
+    from agegender_sb.batch.tables import TableWriter
+    from agegender_sb.errors import AgeGenderError
+    from agegender_sb.inference.analysis import Analyzer
+
+    check = _Collective(dist, device)
+    with contextlib.ExitStack() as stack:
         problem = None
         if args.output and dist.is_main:
             try:
-                lock = lock_table(args.output)
-            except TableError as err:
+                stack.enter_context(TableLock(args.output))
+            except AgeGenderError as err:
                 problem = err
-        if _any_rank_failed(dist, device, problem, "the output is locked (see rank 0)"):
+        if check.failed(problem, "the output is locked (see rank 0)"):
             return 2
-        return _predict(args, dist, device, fmt, items, spk_map, analyzer)
-    finally:
-        if lock is not None:
-            lock.release()
-        dist.close()
+        problem = None
+        try:
+            clf = load_classifier(args.source, device, args.backend, args.precision,
+                                  args.onnx_path, args.trust_remote_code, args.fast_path,
+                                  args.allow_other_onnx)
+        except ImportError as err:  # --backend onnx without onnxruntime
+            problem = err
+        except load_errors() as err:
+            problem = f"cannot load the model {args.source}: {err}"
+        if check.failed(problem, "the model could not be loaded on another rank"):
+            return 2
+        record = _record(args, clf, settings, fmt)
+        with _progress(inputs.items, not args.quiet and dist.is_main) as progress:
+            runner = BatchRunner(Analyzer(clf, settings), inputs, record, args.segments,
+                                 progress.update, dist)
+            if not args.output:
+                summary = runner.run_to_stream(TableWriter(None, clf.labels, fmt))
+                return 1 if summary.failed else 0
+            try:
+                summary = runner.run_to_table(args.output, fmt, resume=args.resume)
+            except (AgeGenderError, OSError) as err:
+                error("predict", err)
+                return 2
+    if dist.is_main and not args.quiet:
+        _say_done(args, summary)
+    return 1 if summary.failed else 0
 
 
-def _any_rank_failed(dist, device, problem, elsewhere: str) -> bool:
-    """Whether any rank has a ``problem`` (a collective step: every rank must call it);
-    reports this rank's problem, or ``elsewhere`` when another rank failed."""
-    if dist.any_true(problem is not None, device):
-        error("predict", problem or elsewhere)
-        return True
-    return False
-
-
-def _provenance(args, clf, analyzer, fmt) -> dict:
-    from agegender_sb import __version__
-
-    return {"agegender_sb": __version__,
-            "model": {"source": str(args.source), "fingerprint": clf.fingerprint,
-                      "labels": list(clf.labels)},
-            "backend": args.backend, "precision": args.precision,
-            "fast_path": clf.fast_path,  # "auto" resolved
-            "analysis": analyzer.settings(), "format": fmt}
-
-
-def _predict(args, dist, device, fmt, items, spk_map, analyzer) -> int:
-    from agegender_sb.batch.rows import is_failure, iter_file_rows, speaker_rows
-    from agegender_sb.batch.tables import (
-        TableError,
-        TableWriter,
-        check_provenance,
-        prepare_resume,
-        read_table,
-        write_provenance,
-    )
-
-    # Every rank reaches each check below, so that a failure on one rank stops all of them
-    # instead of leaving the others waiting at the next collective.
-    problem = None
-    try:
-        clf = load_classifier(args.source, device, args.backend, args.precision, args.onnx_path,
-                    args.trust_remote_code, args.fast_path)
-    except ImportError as err:  # --backend onnx without onnxruntime
-        problem = err
-    except load_errors() as err:
-        problem = f"cannot load the model {args.source}: {err}"
-    if _any_rank_failed(dist, device, problem, "the model could not be loaded on another rank"):
-        return 2
-    analyzer.clf = clf
-    labels = clf.labels
-    output = Path(args.output) if args.output else None
-    record = _provenance(args, clf, analyzer, fmt)
-
-    # ---- what is already done (--resume); the provenance of a new table
-    existing: list[dict] = []
-    try:
-        if dist.is_main and args.resume and output.exists():
-            check_provenance(output, record)
-            existing = prepare_resume(output, labels, fmt)
-        elif dist.is_main and output is not None:
-            write_provenance(output, record)
-    except (TableError, OSError) as err:
-        problem = err
-    if _any_rank_failed(dist, device, problem, f"{output}: cannot be resumed (see rank 0)"):
-        return 2
-    try:
-        if not dist.is_main and args.resume and output.exists():
-            existing = read_table(output, labels, fmt)
-    except TableError as err:
-        problem = err
-    if _any_rank_failed(dist, device, problem, f"{output}: cannot be read (see the failing rank)"):
-        return 2
-    paths = [p for p, _ in items]
-    input_set = set(paths)
-    results: dict[str, dict] = {}  # path -> file row (for speakers)
-    for rec in existing:
-        if (rec["path"] in input_set and rec["speaker"] is None and rec["start"] is None
-                and not is_failure(rec)):
-            results[rec["path"]] = rec
-    done_speakers = {rec["speaker"] for rec in existing if rec["path"] is None}
-    todo = [(p, t) for p, t in items if p not in results]
-    mine = todo[dist.rank :: dist.world]
-
-    # ---- analyse this rank's files, writing each file's rows as it completes
-    if dist.active:
-        writer = TableWriter(_part_path(output, dist.rank, dist.world), labels, "jsonl",
-                             precise=True)
-    else:
-        writer = TableWriter(output, labels, fmt, append=args.resume)
-    failed = False
-    try:
-        with _progress(mine, not args.quiet and dist.is_main) as progress:
-            for path, res, rows in iter_file_rows(analyzer, mine, args.segments):
-                for row in rows:
-                    writer.write(row)
-                if not isinstance(res, Exception):
-                    results[path] = rows[-1]
-                failed = failed or is_failure(rows[-1])
-                progress.update(res)
-        if dist.active:
-            # ---- distributed: rank 0 merges the part files in input order
-            writer.close()
-            dist.barrier()
-            merge_error = None
-            if dist.is_main:
-                try:
-                    writer = TableWriter(output, labels, fmt, append=args.resume)
-                    failed = _merge_parts(writer, output, dist.world, labels,
-                                          [p for p, _ in todo], results) or failed
-                except (RuntimeError, TableError, OSError) as err:  # part files kept
-                    merge_error = err
-            failed = dist.any_true(failed or merge_error is not None, device)
-            if merge_error is not None:
-                error("predict", merge_error)
-                return 1
-            if not dist.is_main:
-                return 1 if failed else 0
-        # ---- speakers
-        if spk_map is not None:
-            for row in speaker_rows(spk_map, paths, results, labels, done_speakers):
-                writer.write(row)
-                failed = failed or is_failure(row)
-            unmatched = [p for p in paths if spk_map.speaker(p) is None]
-            if unmatched:
-                print(f"{PROG} predict: warning: {len(unmatched)} input(s) have no speaker in "
-                      f"{args.speakers} (first: {unmatched[0]})", file=sys.stderr)
-    finally:
-        writer.close()
-    return 1 if failed else 0
-
-
-def _part_path(output: Path, rank: int, world: int) -> Path:
-    return output.with_name(f"{output.name}.part{rank}-of-{world}.jsonl")
-
-
-def _merge_parts(writer, output, world, labels, todo, results) -> bool:
-    """Write the ranks' rows to ``writer`` in input order; return whether any file failed."""
-    from agegender_sb.batch.rows import is_failure
-    from agegender_sb.batch.tables import is_group_end, read_table
-
-    groups: dict[str, list[dict]] = {}
-    parts = [_part_path(output, r, world) for r in range(world)]
-    for part in parts:
-        pending: list[dict] = []
-        for rec in read_table(part, labels, "jsonl"):
-            pending.append(rec)
-            if is_group_end(rec):  # a file row closes its group
-                groups[rec["path"]] = pending
-                pending = []
-    missing = [p for p in todo if p not in groups]
-    if missing:
-        raise RuntimeError(f"distributed merge: {len(missing)} input(s) missing from the "
-                           f"part files (first: {missing[0]})")
-    failed = False
-    for path in todo:
-        for rec in groups[path]:
-            writer.write(rec)
-        file_row = groups[path][-1]
-        results[path] = file_row
-        failed = failed or is_failure(file_row)
-    for part in parts:
-        part.unlink()
-    return failed
+def _say_done(args, summary) -> None:
+    kept = (f", {summary.n_kept} kept from before" if args.resume else "")
+    if args.resume and summary.n_analysed == 0:
+        print(f"{PROG} predict: nothing left to analyse: all {summary.n_inputs} file(s) were "
+              f"in {args.output}; its speaker rows and order were brought up to date",
+              file=sys.stderr, flush=True)
+        return
+    failed = f", {summary.n_failed} failed (see the error column)" if summary.failed else ""
+    print(f"{PROG} predict: {args.output}: {summary.n_analysed} file(s) analysed{kept}"
+          f"{failed}", file=sys.stderr, flush=True)
 
 
 class _progress:
@@ -377,7 +284,7 @@ class _progress:
     def __enter__(self):
         return self
 
-    def update(self, result) -> None:
+    def update(self, result=None) -> None:
         import time
 
         self.done += 1

@@ -57,6 +57,7 @@ from agegender_sb.backends.onnx_runtime import (
     INPUT_NAME,
     META_GENDER,
     META_LABELS,
+    META_MODEL,
     META_PREFIX,
     OUTPUT_NAMES,
     PROBS_OUTPUT,
@@ -245,7 +246,8 @@ def output_names(gender_probabilities: bool = False) -> list[str]:
     return [*OUTPUT_NAMES, *([PROBS_OUTPUT] if gender_probabilities else [])]
 
 
-def export_metadata(labels, gender_probabilities: bool = False) -> dict[str, str]:
+def export_metadata(labels, gender_probabilities: bool = False,
+                    fingerprint: str | None = None) -> dict[str, str]:
     """The ``metadata_props`` :func:`export_onnx` writes (see the module docstring).
 
     Example
@@ -261,6 +263,8 @@ def export_metadata(labels, gender_probabilities: bool = False) -> dict[str, str
     }
     if gender_probabilities:
         meta[META_PREFIX + PROBS_OUTPUT] = "probabilities"
+    if fingerprint is not None:
+        meta[META_MODEL] = fingerprint
     return meta
 
 
@@ -275,6 +279,7 @@ def export_onnx(
     attn_implementation: str = "eager",
     example_seconds: float = 2.0,
     verbose: bool = False,
+    fingerprint: str | None = None,
 ) -> Path:
     """Export an :class:`~agegender_sb.model.network.AgeGenderModel` to ONNX; return the path.
 
@@ -309,6 +314,9 @@ def export_onnx(
         Length of the tracing example.
     verbose : bool
         Show the exporter's warnings and log messages (hidden by default, errors excepted).
+    fingerprint : str, optional
+        The fingerprint of the model's weights (``clf.fingerprint``), recorded in the
+        metadata so that a classifier can refuse a graph exported from another model.
 
     Notes
     -----
@@ -328,7 +336,7 @@ def export_onnx(
             sub.set_attention(attn_implementation)
     module = OnnxExportAdapter(module, gender_probabilities=gender_probabilities).eval()
     names = output_names(gender_probabilities)
-    meta = export_metadata(labels, gender_probabilities)
+    meta = export_metadata(labels, gender_probabilities, fingerprint)
 
     n = max(MIN_SAMPLES, int(round(example_seconds * 16000)))
     example = (torch.randn(1, n, generator=torch.Generator().manual_seed(0)),)

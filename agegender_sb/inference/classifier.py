@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 from speechbrain.inference.classifiers import EncoderClassifier
 
-from agegender_sb.audio import NoSpeechError, load_audio, validate_batch
+from agegender_sb.audio import load_audio, validate_batch
 from agegender_sb.defaults import DEFAULT_SOURCE, DEFAULT_VAD
+from agegender_sb.errors import CheckpointError, NoSpeechError, SettingsError, TurnError
 from agegender_sb.inference.results import AgeGenderPrediction
-from agegender_sb.loading.checkpoint import CheckpointError, fingerprint
+from agegender_sb.loading.checkpoint import fingerprint
 from agegender_sb.loading.config import setting_fields
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class AgeGenderClassifier(EncoderClassifier):
     HPARAMS_NEEDED = ["gender_labels", "sample_rate", "age_scale"]
 
     def __init__(self, *args, backend: str = "torch", onnx_path=None, onnx_threads=None,
-                 fast_path: str | None = None, **kwargs):
+                 fast_path: str | None = None, allow_other_onnx: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.labels = tuple(self.hparams.gender_labels)
         self.source_layout = getattr(self.hparams, "source_kind", "speechbrain")
@@ -71,8 +72,11 @@ class AgeGenderClassifier(EncoderClassifier):
         self.backend = backend
         self._fingerprint = None
         self.onnx_session = None
+        #: What computes the numbers with ``backend="onnx"`` (graph fingerprint, the model it
+        #: records being exported from); None for the torch backend.
+        self.onnx_record = None
         if backend == "onnx":
-            self.onnx_session = self._open_onnx(onnx_path, onnx_threads)
+            self.onnx_session = self._open_onnx(onnx_path, onnx_threads, allow_other_onnx)
         self.fast_path = None
         if fast_path is not None:
             from agegender_sb.backends.fast_paths import enable_fast_path, resolve_fast_path
@@ -95,16 +99,25 @@ class AgeGenderClassifier(EncoderClassifier):
             self._fingerprint = fingerprint({"model": self.mods.model}, self.labels)
         return self._fingerprint
 
-    def _open_onnx(self, onnx_path, threads):
+    def _open_onnx(self, onnx_path, threads, allow_other: bool = False):
         """Open (exporting first if needed) the ONNX graph of this model, then put it in the
-        torch model's place and free the torch weights: one copy of the model in memory."""
-        from agegender_sb.backends.onnx_runtime import OnnxModel, release_weights
-        from agegender_sb.backends.onnx_runtime import import_onnxruntime as _import_onnxruntime
+        torch model's place and free the torch weights: one copy of the model in memory.
+
+        A graph that records being exported from other weights is refused unless
+        ``allow_other``; a graph without that record (audEERING's export, or one of version
+        0.2) cannot be checked and is run as given. Either way :attr:`onnx_record` names the
+        graph by a hash of its bytes, so a table's record tells graphs apart."""
+        from agegender_sb.backends.onnx_runtime import (
+            OnnxModel,
+            graph_fingerprint,
+            import_onnxruntime,
+            release_weights,
+        )
         from agegender_sb.export.onnx import export_onnx
 
         if threads is None:  # one thread setting for both backends (--threads, torchrun ranks)
             threads = torch.get_num_threads()
-        _import_onnxruntime()  # fail early, with the install hint, before a long export
+        import_onnxruntime()  # fail early, with the install hint, before a long export
         self.fingerprint  # noqa: B018 -- hashed now, while the torch weights exist
         if onnx_path is None:
             folder = Path(getattr(self.hparams, "savedir", None) or
@@ -113,7 +126,7 @@ class AgeGenderClassifier(EncoderClassifier):
         onnx_path = Path(onnx_path)
         if not onnx_path.is_file():
             logger.info("exporting the model to ONNX: %s (once)", onnx_path)
-            export_onnx(self.mods.model, onnx_path, self.labels)
+            export_onnx(self.mods.model, onnx_path, self.labels, fingerprint=self.fingerprint)
         providers = None
         if self.device_type == "cuda":
             index = torch.device(self.device).index
@@ -124,6 +137,14 @@ class AgeGenderClassifier(EncoderClassifier):
         if model.labels is not None and tuple(model.labels) != self.labels:
             raise CheckpointError(f"{onnx_path}: labels {model.labels} differ from the "
                                   f"model's {self.labels}")
+        origin = model.exported_from
+        if origin is not None and origin != self.fingerprint and not allow_other:
+            raise CheckpointError(
+                f"{onnx_path}: exported from another model (weights {origin}), not from this "
+                f"one (weights {self.fingerprint}); export it again, or pass "
+                "--allow-other-onnx / allow_other_onnx=True to run it anyway")
+        self.onnx_record = {"fingerprint": graph_fingerprint(onnx_path),
+                            "exported_from": origin}
         release_weights(self.mods.model)
         self.mods.model = model
         self.hparams.model = model
@@ -248,7 +269,8 @@ class AgeGenderClassifier(EncoderClassifier):
             Detector options (``threshold``, ``min_speech_s``, ``min_silence_s``,
             ``speech_pad_s``, ...).
         **settings
-            ``window``, ``hop``, ``max_whole``, ``min_tail``, ``batch_size``, ``trim``.
+            ``window``, ``hop``, ``max_whole``, ``min_tail``, ``batch_size``, ``trim``,
+            ``context``: see :class:`~agegender_sb.inference.analysis.AnalysisSettings`.
         """
         from agegender_sb.inference.analysis import Analyzer
 
@@ -259,6 +281,10 @@ class AgeGenderClassifier(EncoderClassifier):
             if options:
                 raise ValueError("vad_options need a detector name")
             return vad
+        bad = {k: v for k, v in (options or {}).items()
+               if isinstance(v, bool) or not isinstance(v, (int, float))}
+        if bad:
+            raise SettingsError(f"vad_options take numbers, got {bad}")
         key = (vad.lower(), tuple(sorted((options or {}).items())))
         cache = self.__dict__.setdefault("_detectors", {})
         if key not in cache:  # one detector (and one silero model) per setting
@@ -323,17 +349,22 @@ class AgeGenderClassifier(EncoderClassifier):
             segments = list(segments)
             turns = (segments if all(isinstance(t, Turn) for t in segments)
                      else turns_from_tuples(segments))
+        if not turns:
+            raise TurnError(f"{path}: no speaker turns given (an empty list or diarisation); "
+                            "use predict_file to analyse the whole file")
         return self.analyzer(**settings).analyse(path, turns)
 
     def predict_table(self, inputs, segments: bool = False, speakers=None, rttm=None,
                       precise: bool = False, progress: bool = False, **settings):
         """What ``agegender predict`` writes, as a pandas DataFrame (``pip install
-        "agegender_sb[table]"``): the same rows, columns and numbers.
+        "agegender_sb[table]"``): the same rows, columns and numbers, from the same batch
+        runner (:mod:`agegender_sb.batch.runner`).
 
         Parameters
         ----------
         inputs : str, PathLike or sequence of them
-            Audio files, folders, list files (``.csv`` segment lists included).
+            Audio files, folders, list files (``.csv`` segment lists included); a file named
+            twice is analysed once.
         segments : bool
             Also one row per window or turn (``--segments``).
         speakers : str or PathLike, optional
@@ -350,46 +381,40 @@ class AgeGenderClassifier(EncoderClassifier):
         Returns
         -------
         pandas.DataFrame
-            The table's columns, indexed by ``file``, ``start``, ``end`` (audformat's
-            segmented index: ``pd.Timedelta``): a file's row has start 0 and end ``NaT`` (the
-            whole file, as audformat writes filewise rows); a window or turn row its times; a
-            speaker's row within a file the span from its first turn to its last; a
-            ``speakers`` row, which belongs to no one file, an empty ``file``. The index is
-            unique within each kind of row (select one by ``start``/``speaker`` before
-            joining: a speaker with one turn has the same span as that turn).
+            Indexed by ``file``, ``start``, ``end`` (audformat's segmented index:
+            ``pd.Timedelta``), with the table's other columns (``path`` included, as the
+            command writes it): a file's row has start 0 and end ``NaT`` (the whole file, as
+            audformat writes filewise rows); a window or turn row its times; a speaker's row
+            within a file the span from its first turn to its last; a ``speakers`` row, which
+            belongs to no one file, an empty ``file``. ``reset_index()`` gives the columns
+            ``file, start, end`` and the rest; select one kind of row (by ``start`` or
+            ``speaker``) before joining on the index: a speaker with one turn has the same
+            span as that turn.
         """
         try:
             import pandas as pd
         except ImportError as err:
             raise ImportError('predict_table needs pandas: pip install "agegender_sb[table]"'
                               ) from err
-        from agegender_sb.batch.inputs import collect_items, read_speakers
-        from agegender_sb.batch.rows import iter_file_rows, speaker_rows
-        from agegender_sb.batch.tables import columns, format_record
-        from agegender_sb.speech.turns import read_rttm
+        from tqdm import tqdm
+
+        from agegender_sb.batch.inputs import resolve_inputs
+        from agegender_sb.batch.runner import BatchRunner
+        from agegender_sb.batch.tables import columns
 
         if isinstance(inputs, (str, os.PathLike)):
             inputs = [inputs]
-        items = collect_items(inputs, read_rttm(rttm) if rttm else None)
-        spk_map = read_speakers(speakers) if speakers else None
+        resolved = resolve_inputs(inputs, rttm, speakers)
         analyzer = self.analyzer(**settings)
-        rows, results = [], {}
-        from tqdm import tqdm
-
-        for path, res, file_rows in tqdm(iter_file_rows(analyzer, items, segments),
-                                         total=len(items), disable=not progress, unit="file"):
-            rows += file_rows
-            if not isinstance(res, Exception):
-                results[path] = file_rows[-1]
-        if spk_map is not None:
-            rows += speaker_rows(spk_map, [p for p, _ in items], results, self.labels)
-        cols = columns(self.labels)
+        with tqdm(total=len(resolved.items), disable=not progress, unit="file") as bar:
+            runner = BatchRunner(analyzer, resolved, {}, segments,
+                                 progress=lambda _: bar.update(1))
+            rows = runner.run_to_rows(precise=precise).rows
+        cols = [c for c in columns(self.labels) if c not in ("start", "end")]
         spans = [r.get("_span") or (r.get("start") or 0.0, r.get("end")) for r in rows]
-        if not precise:
-            rows = [format_record(r, self.labels) for r in rows]
         frame = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
         index = pd.MultiIndex.from_arrays([
-            frame["path"].tolist(),
+            [r.get("path") or "" for r in rows],
             pd.to_timedelta([s for s, _ in spans], unit="s"),
             pd.to_timedelta([float("nan") if e is None else e for _, e in spans], unit="s"),
         ], names=["file", "start", "end"])

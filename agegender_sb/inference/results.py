@@ -1,4 +1,5 @@
-"""The result type: age and gender for rows of utterances, and its one pooling rule.
+"""The result types: age and gender for rows of utterances with its one pooling rule, and the
+results of analysed spans and files (values: made once, never changed).
 
 Rows are selected (:meth:`AgeGenderPrediction.take`), stacked (:meth:`AgeGenderPrediction.cat`)
 and pooled (:meth:`AgeGenderPrediction.pool`): windows into a span, spans into a file, turns
@@ -9,12 +10,13 @@ of the gender logits, probabilities being the softmax of the mean logits.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["AgeGenderPrediction"]
+__all__ = ["AgeGenderPrediction", "Status", "NO_SPEECH", "SpanResult", "FileResult", "pool_spans"]
 
 _ROW_FIELDS = ("age", "age_raw", "gender_logits", "gender_probs", "embedding")
 
@@ -130,3 +132,150 @@ class AgeGenderPrediction:
             rec.update({lab: float(self.gender_probs[i, j]) for j, lab in enumerate(self.labels)})
             records.append(rec)
         return records
+
+
+class Status(str, enum.Enum):
+    """What became of a span or a file: a result, or why there is none.
+
+    ``NO_SPEECH`` and ``NO_TURNS`` are results (the file was analysed; there is nothing to
+    tell age and gender from); ``FAILED`` is a failure (the message says why). A table's
+    ``error`` column holds the value of the first two and the message of a failure.
+    """
+
+    OK = "ok"
+    NO_SPEECH = "no speech detected"
+    NO_TURNS = "no speaker turns given for this file"
+    FAILED = "failed"
+
+    @property
+    def is_failure(self) -> bool:
+        return self is Status.FAILED
+
+
+#: What a result without speech says (``Status.NO_SPEECH.value``).
+NO_SPEECH = Status.NO_SPEECH.value
+
+
+@dataclass(frozen=True)
+class SpanResult:
+    """The result of one analysed span (a whole file, or one speaker turn): a value.
+
+    Attributes
+    ----------
+    start, end : float
+        Seconds in the file.
+    speaker : str or None
+        The turn's speaker (None for a whole file, or a turn without one).
+    prediction : AgeGenderPrediction or None
+        One row; None when there is no result (see ``status``).
+    speech : float
+        Seconds of speech the result rests on: detected speech with a detector, the whole
+        span without one.
+    windows : tuple of (float, float)
+        Analysed windows (seconds) of a windowed span, ``((start, end),)`` for a whole one.
+    window_predictions : AgeGenderPrediction or None
+        One row per window of a windowed span.
+    window_speech : tuple of float
+        Seconds of audio (of speech, with a detector) each window holds.
+    speech_spans : tuple of (float, float) or None
+        What the detector found in the span (None without a detector).
+    status : Status
+    error : str or None
+        The message of a failed span (e.g. a turn that could not be read).
+    """
+
+    start: float
+    end: float
+    speaker: str | None = None
+    prediction: AgeGenderPrediction | None = None
+    speech: float = 0.0
+    windows: tuple = ()
+    window_predictions: AgeGenderPrediction | None = None
+    window_speech: tuple = ()
+    speech_spans: tuple | None = None
+    status: Status = Status.OK
+    error: str | None = None
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+    @property
+    def windowed(self) -> bool:
+        return self.window_predictions is not None
+
+    @property
+    def message(self) -> str | None:
+        """What the table's ``error`` column says: None with a result, else the status or
+        the failure's message."""
+        if self.status is Status.OK:
+            return None
+        return self.error if self.status is Status.FAILED else self.status.value
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """The result of analysing one file: a value.
+
+    Attributes
+    ----------
+    path : str
+    duration : float
+        Seconds of audio (frames / sample rate of the file).
+    spans : tuple of SpanResult
+        One for the whole file, or one per speaker turn (in time order).
+    prediction : AgeGenderPrediction or None
+        The file's row: its spans pooled by speech seconds; None without a result.
+    speech : float
+        Seconds of speech under ``prediction``.
+    status : Status
+    turns : bool
+        Whether the file was analysed in speaker turns given from outside.
+    """
+
+    path: str
+    duration: float
+    spans: tuple
+    prediction: AgeGenderPrediction | None
+    speech: float
+    status: Status = Status.OK
+    turns: bool = False
+    error: str | None = None
+
+    @property
+    def message(self) -> str | None:
+        """As :attr:`SpanResult.message`."""
+        if self.status is Status.OK:
+            return None
+        return self.error if self.status is Status.FAILED else self.status.value
+
+    @property
+    def speech_spans(self) -> list | None:
+        """Detected speech ``(start, end)`` seconds over all spans (None without detector)."""
+        if all(s.speech_spans is None for s in self.spans):
+            return None
+        return [x for s in self.spans for x in (s.speech_spans or ())]
+
+    def speakers(self) -> dict:
+        """``{speaker: SpanResult}``: each named speaker's turns pooled by speech seconds."""
+        out: dict = {}
+        for span in self.spans:
+            if span.speaker is not None:
+                out.setdefault(span.speaker, []).append(span)
+        return {spk: pool_spans(spans, spk) for spk, spans in out.items()}
+
+
+def pool_spans(spans: Sequence[SpanResult], speaker=None) -> SpanResult:
+    """Spans pooled by their seconds of speech into one (no speech anywhere: no result; all
+    failed: failed, with their messages)."""
+    with_speech = [s for s in spans if s.prediction is not None and s.speech > 0]
+    start, end = min(s.start for s in spans), max(s.end for s in spans)
+    if not with_speech:
+        failed = [s for s in spans if s.status is Status.FAILED]
+        if failed:
+            messages = "; ".join(sorted({s.error or "failed" for s in failed}))
+            return SpanResult(start, end, speaker, status=Status.FAILED, error=messages)
+        return SpanResult(start, end, speaker, status=Status.NO_SPEECH)
+    pred = AgeGenderPrediction.cat([s.prediction for s in with_speech])
+    speech = [s.speech for s in with_speech]
+    return SpanResult(start, end, speaker, pred.pool(speech), float(sum(speech)))

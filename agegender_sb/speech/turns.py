@@ -19,6 +19,7 @@ __all__ = [
     "TurnError",
     "check_turns",
     "read_rttm",
+    "rttm_files",
     "turns_from_annotation",
     "turns_from_tuples",
 ]
@@ -106,6 +107,28 @@ def _read_rttm_file(path: Path, into: dict[str, list[Turn]], origin: dict[str, P
         into.setdefault(file_id, []).append(Turn(start, start + duration, label))
 
 
+def rttm_files(path) -> list[Path]:
+    """The RTTM files ``path`` stands for: itself, or the ``*.rttm`` files of a folder (not in
+    subfolders; the extension in any case), sorted.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    TurnError
+        A folder with no RTTM file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such RTTM file or folder")
+    if not path.is_dir():
+        return [path]
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".rttm" and p.is_file())
+    if not files:
+        raise TurnError(f"{path}: folder has no *.rttm file")
+    return files
+
+
 def read_rttm(path) -> dict[str, list[Turn]]:
     """Speaker turns from a NIST RTTM file, or from every ``*.rttm`` file in a folder.
 
@@ -117,7 +140,8 @@ def read_rttm(path) -> dict[str, list[Turn]]:
     Parameters
     ----------
     path : str or os.PathLike
-        An RTTM file, or a folder whose ``*.rttm`` files (not in subfolders) are merged.
+        An RTTM file, or a folder whose ``*.rttm`` files (not in subfolders, the extension in
+        any case) are merged.
 
     Returns
     -------
@@ -147,15 +171,7 @@ def read_rttm(path) -> dict[str, list[Turn]]:
     Turn(start=0.0, end=2.0, speaker='spk_0')
     Turn(start=3.5, end=4.75, speaker='spk_1')
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such RTTM file or folder")
-    if path.is_dir():
-        files = sorted(p for p in path.glob("*.rttm") if p.is_file())
-        if not files:
-            raise TurnError(f"{path}: folder has no *.rttm file")
-    else:
-        files = [path]
+    files = rttm_files(path)
     turns: dict[str, list[Turn]] = {}
     origin: dict[str, Path] = {}
     for file in files:

@@ -20,10 +20,10 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-#: Suffixes (lower case) taken as audio when walking a data folder.
-AUDIO_SUFFIXES = frozenset(
-    ".wav .flac .mp3 .ogg .opus .sph .nist .aif .aiff .au .m4a .aac .wma .webm".split()
-)
+from agegender_sb.defaults import AUDIO_EXTENSIONS
+
+#: Suffixes (lower case) taken as audio when walking a data folder: the package's one set.
+AUDIO_SUFFIXES = AUDIO_EXTENSIONS
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -83,11 +83,6 @@ def legacy_probabilities_file(src, dst):
 
 
 @pytest.fixture(scope="module")
-def clf(tiny_checkpoint):
-    return AgeGenderClassifier.from_hparams(source=tiny_checkpoint)
-
-
-@pytest.fixture(scope="module")
 def onnx_path(clf, tmp_path_factory):
     return export_onnx(clf.mods.model, tmp_path_factory.mktemp("onnx") / "tiny.onnx", clf.labels)
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from paths import REPO
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = REPO / "recipes"
 if str(RECIPES) not in sys.path:
     sys.path.insert(0, str(RECIPES))
 

@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +26,7 @@ import soundfile as sf
 import torch
 import yaml
 from hyperpyyaml import load_hyperpyyaml
+from paths import REPO
 from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
 from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining, Wav2Vec2Model
 
@@ -40,7 +40,7 @@ from agegender_sb.training.data import read_segment
 from agegender_sb.training.losses import multitask_loss
 from agegender_sb.training.metrics import AgeGenderStats
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 sys.path.insert(0, str(ROOT / "recipes"))
 
 from prepare import prepare  # noqa: E402

@@ -21,21 +21,18 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from paths import REPO
 
 from agegender_sb import AgeGenderClassifier, load_audio
-from agegender_sb.batch.tables import columns, provenance_path
+from agegender_sb.batch.provenance import provenance_path
+from agegender_sb.batch.tables import columns
 from agegender_sb.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 LABELS = ("female", "male", "child")
 COLUMNS = ["path", "speaker", "start", "end", "duration", "speech", "age", *LABELS, "gender",
            "error"]
 NO_SPEECH = "no speech detected"
-
-
-@pytest.fixture(scope="module")
-def clf(tiny_checkpoint):
-    return AgeGenderClassifier.from_hparams(source=tiny_checkpoint)
 
 
 def _noise(path, seconds, sample_rate=16000, channels=1, seed=0, fmt=None):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from paths import REPO
 
 from agegender_sb.defaults import SAMPLE_RATE
 from agegender_sb.speech.detectors import (
@@ -35,7 +36,7 @@ from agegender_sb.speech.turns import (
     turns_from_tuples,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
 
 
