@@ -50,8 +50,9 @@ class PlotError(ValueError):
 
 
 # ---------------------------------------------------------------------------- reading
-def _labels_from_header(path: Path) -> tuple[tuple[str, ...], str]:
-    """Gender labels (the columns between ``age`` and ``gender``) and the table's format."""
+def _labels_from_header(path: Path) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+    """Gender labels (the columns between ``age`` and ``gender``), the extra columns (between
+    ``gender`` and ``error``: a calibration's) and the table's format."""
     from .tables import guess_format
 
     fmt = guess_format(path)
@@ -71,7 +72,8 @@ def _labels_from_header(path: Path) -> tuple[tuple[str, ...], str]:
             "age"):
         raise PlotError(f"{path}: not a table written by agegender predict (columns: "
                         f"{names[:12]})")
-    return tuple(names[names.index("age") + 1:names.index("gender")]), fmt
+    extra = tuple(n for n in names[names.index("gender") + 1:] if n != "error")
+    return tuple(names[names.index("age") + 1:names.index("gender")]), extra, fmt
 
 
 def read_predictions(table: str | os.PathLike) -> tuple[list[dict], tuple[str, ...]]:
@@ -85,9 +87,9 @@ def read_predictions(table: str | os.PathLike) -> tuple[list[dict], tuple[str, .
     from .tables import TableError, read_table
 
     path = Path(table)
-    labels, fmt = _labels_from_header(path)
+    labels, extra, fmt = _labels_from_header(path)
     try:
-        rows = read_table(path, labels, fmt)
+        rows = read_table(path, labels, fmt, extra)
     except TableError as err:
         raise PlotError(str(err)) from err
     if not rows:
@@ -144,13 +146,14 @@ def truth_gender(value: str, labels, where: str, line: int) -> str | None:
 
 def read_truth(path: str | os.PathLike, labels) -> tuple[str, dict]:
     """Read a truth CSV: ``(key column, {key: {"age": float or None, "gender": label or
-    None}})``. The key column is ``path`` when present, else ``speaker``.
+    None, "speaker": str or None}})``. The key column is ``path`` when present, else
+    ``speaker``; with ``path`` as the key, a ``speaker`` column names each file's speaker.
 
     Raises
     ------
     PlotError
         Naming the file (and line): no key column, neither ``age`` nor ``gender``, an age
-        that is not a number, a gender that names no label.
+        that is not a finite number >= 0, a gender that names no label.
     """
     path = Path(path)
     try:
@@ -173,8 +176,11 @@ def read_truth(path: str | os.PathLike, labels) -> tuple[str, dict]:
             age = float(age) if age else None
         except ValueError:
             raise PlotError(f"{path}, line {line}: age {age!r} is not a number") from None
+        if age is not None and not (math.isfinite(age) and age >= 0):
+            raise PlotError(f"{path}, line {line}: age {age!r} is not a finite number >= 0")
+        speaker = (row.get("speaker") or "").strip() if key == "path" else name
         out[name] = {"age": age, "gender": truth_gender(row.get("gender"), labels, str(path),
-                                                        line)}
+                                                        line), "speaker": speaker or None}
     if not out:
         raise PlotError(f"{path}: the truth table has no rows")
     return key, out

@@ -64,8 +64,12 @@ class TableError(ValueError):
     """An output table that cannot be written or resumed (the message says why)."""
 
 
-def columns(labels: Sequence[str]) -> list[str]:
+def columns(labels: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
     """Output columns for a model with gender ``labels`` (in the model's label order).
+
+    ``extra``: more number columns between ``gender`` and ``error`` (a calibration's
+    ``age_low``, ``age_high``, ``p_<label>``, ``p_age_<lo>_<hi>``: see
+    :mod:`agegender_sb.calibration`).
 
     Example
     -------
@@ -76,8 +80,11 @@ def columns(labels: Sequence[str]) -> list[str]:
     clash = set(_FIXED).intersection(labels)
     if clash:
         raise ValueError(f"gender labels clash with output columns: {sorted(clash)}")
+    clash = set(_FIXED).union(labels).intersection(extra)
+    if clash or len(set(extra)) != len(extra):
+        raise ValueError(f"extra columns clash with output columns: {list(extra)}")
     return ["path", "speaker", "start", "end", "duration", "speech", "age", *labels, "gender",
-            "error"]
+            *extra, "error"]
 
 
 def guess_format(path: str | os.PathLike | None, fmt: str | None = None) -> str:
@@ -104,7 +111,7 @@ def _round(value, digits):
     return round(value, digits) if math.isfinite(value) else value
 
 
-def format_record(record: dict, labels: Sequence[str]) -> dict:
+def format_record(record: dict, labels: Sequence[str], extra: Sequence[str] = ()) -> dict:
     """A record with numbers rounded for writing and missing values as ``None``.
 
     Example
@@ -115,13 +122,13 @@ def format_record(record: dict, labels: Sequence[str]) -> dict:
     31.23
     """
     out = {}
-    for col in columns(labels):
+    for col in columns(labels, extra):
         value = record.get(col)
         if col in ("start", "end", "duration", "speech"):
             value = _round(value, _SECONDS)
-        elif col == "age":
+        elif col in ("age", "age_low", "age_high"):
             value = _round(value, _YEARS)
-        elif col in labels:
+        elif col in labels or col in extra:
             value = _round(value, _PROB)
         elif value is not None:
             value = str(value)
@@ -167,6 +174,8 @@ class TableWriter:
         file is empty.
     precise : bool
         Write numbers unrounded (used for the part files of distributed runs).
+    extra : sequence of str
+        Number columns after ``gender`` (see :func:`columns`).
 
     Example
     -------
@@ -178,9 +187,10 @@ class TableWriter:
     x.wav,,,,,,,,,,,x.wav: no such file
     """
 
-    def __init__(self, path, labels, fmt="csv", append=False, stream=None, precise=False):
-        self.labels = tuple(labels)
-        self.columns = columns(self.labels)
+    def __init__(self, path, labels, fmt="csv", append=False, stream=None, precise=False,
+                 extra=()):
+        self.labels, self.extra = tuple(labels), tuple(extra)
+        self.columns = columns(self.labels, self.extra)
         self.fmt = guess_format(path, fmt)
         self.precise = precise
         self._own = path is not None
@@ -203,7 +213,7 @@ class TableWriter:
         if self.precise:
             row = {c: record.get(c) for c in self.columns}
         else:
-            row = format_record(record, self.labels)
+            row = format_record(record, self.labels, self.extra)
         if self.fmt == "csv":
             line = _csv_line([row[c] for c in self.columns])
         else:
@@ -224,10 +234,10 @@ class TableWriter:
         self.close()
 
 
-def _parse_value(col: str, text, labels):
+def _parse_value(col: str, text, numbers):
     if text is None or text == "":
         return None
-    if col in ("start", "end", "duration", "speech", "age") or col in labels:
+    if col in ("start", "end", "duration", "speech", "age") or col in numbers:
         return float(text)
     return str(text)
 
@@ -252,11 +262,11 @@ def _records(data: bytes, fmt: str) -> list[tuple[int, int, bytes]]:
         line += 1
 
 
-def _parse(path, data: bytes, fmt: str, labels) -> tuple[list[tuple[int, dict]], int]:
+def _parse(path, data: bytes, fmt: str, labels, extra=()) -> tuple[list[tuple[int, dict]], int]:
     """Parse complete records → ``([(end offset, record)], header end offset)``."""
     import csv
 
-    cols = columns(labels)
+    cols = columns(labels, extra)
     records = _records(data, fmt)
     out, header_end = [], 0
     if fmt == "csv":
@@ -283,7 +293,7 @@ def _parse(path, data: bytes, fmt: str, labels) -> tuple[list[tuple[int, dict]],
                     raise ValueError(f"not a JSON object: {text.strip()[:80]}")
                 if set(raw_rec) != set(cols):
                     raise ValueError(f"keys {sorted(raw_rec)} do not match {cols}")
-            rec = {c: _parse_value(c, raw_rec.get(c), labels) for c in cols}
+            rec = {c: _parse_value(c, raw_rec.get(c), (*labels, *extra)) for c in cols}
         except (ValueError, TypeError, StopIteration) as err:
             raise TableError(f"{path}, line {lineno}: cannot be parsed ({err})") from err
         out.append((end, rec))
@@ -297,7 +307,8 @@ def is_group_end(record: dict) -> bool:
     return record.get("start") is None and record.get("speaker") is None
 
 
-def read_table(path: str | os.PathLike, labels: Sequence[str], fmt: str | None = None) -> list:
+def read_table(path: str | os.PathLike, labels: Sequence[str], fmt: str | None = None,
+               extra: Sequence[str] = ()) -> list:
     """All complete rows of a table as dicts (numbers as floats, empty as ``None``).
 
     A last record without its newline (an interrupted write) is ignored.
@@ -305,15 +316,15 @@ def read_table(path: str | os.PathLike, labels: Sequence[str], fmt: str | None =
     Raises
     ------
     TableError
-        If the columns differ from ``columns(labels)`` or a complete record is not a row.
+        If the columns differ from ``columns(labels, extra)`` or a complete record is not a row.
     """
     fmt = guess_format(path, fmt)
-    records, _ = _parse(path, Path(path).read_bytes(), fmt, tuple(labels))
+    records, _ = _parse(path, Path(path).read_bytes(), fmt, tuple(labels), tuple(extra))
     return [rec for _, rec in records]
 
 
 def prepare_resume(path: str | os.PathLike, labels: Sequence[str],
-                   fmt: str | None = None) -> list[dict]:
+                   fmt: str | None = None, extra: Sequence[str] = ()) -> list[dict]:
     """Make an existing table safe to append to, and return its rows.
 
     Cuts the file after its last file (or speaker) row: this drops a truncated last record
@@ -330,7 +341,7 @@ def prepare_resume(path: str | os.PathLike, labels: Sequence[str],
         return []
     fmt = guess_format(path, fmt)
     data = path.read_bytes()
-    records, header_end = _parse(path, data, fmt, tuple(labels))
+    records, header_end = _parse(path, data, fmt, tuple(labels), tuple(extra))
     keep, n_kept = header_end, 0
     for i, (end, rec) in enumerate(records):
         if is_group_end(rec):
