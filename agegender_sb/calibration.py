@@ -309,8 +309,7 @@ class Calibration:
 
     def record(self) -> dict:
         """What a table's provenance record says about the calibration applied."""
-        return {"digest": self.digest(), "level": self.level, "bands": list(self.bands),
-                "source": self.source}
+        return {"digest": self.digest(), "level": self.level, "bands": list(self.bands)}
 
     # ------------------------------------------------------------------ applying
     def has_temperature(self) -> bool:

@@ -26,6 +26,8 @@ import os
 import sys
 from pathlib import Path
 
+from .cli_report import add_commands as _add_calibration_commands
+from .cli_report import age_bands_arg
 from .defaults import (
     DEFAULT_CONTEXT,
     DEFAULT_SOURCE,
@@ -140,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "bf16 (matrix products in bfloat16, for CPUs with AMX or "
                         "AVX512-BF16), int8 (the transformer's in int8), auto (bf16 where "
                         "the CPU has it, else int8; the table's record says which)")
+    p.add_argument("--calibration", metavar="FILE",
+                   help="calibration from agegender calibrate: adds age_low, age_high and "
+                        "calibrated gender probabilities p_<label> (default: the model "
+                        "folder's calibration.json if it has one; 'none': no calibration)")
+    p.add_argument("--age-bands", type=age_bands_arg, metavar="EDGES",
+                   help="with a calibration: one p_age_<lo>_<hi> probability column per band "
+                        "between these edges (years), e.g. 0,13,20,40,65,120")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress report")
     p.set_defaults(func=cmd_predict)
 
@@ -169,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--trust-remote-code", action="store_true", help=argparse.SUPPRESS)
     i.set_defaults(func=cmd_info)
     _add_report_commands(sub)
+    _add_calibration_commands(sub)  # calibrate, evaluate (agegender_sb.cli_report)
     return parser
 
 
@@ -389,13 +399,26 @@ def _predict(args, dist, device, fmt, items, spk_map, analyzer) -> int:
     labels = clf.labels
     output = Path(args.output) if args.output else None
     record = _provenance(args, clf, analyzer, fmt)
+    # ---- calibration (agegender_sb.calibration): extra columns, filled as rows are written
+    from .cli_report import predict_calibration
+
+    cal = None
+    try:
+        cal = predict_calibration(args, clf)
+    except ValueError as err:  # CalibrationError: another model's, unreadable
+        problem = err
+    if _any_rank_failed(dist, device, problem, "the calibration was refused on another rank"):
+        return 2
+    extra = cal.extra_columns() if cal is not None else ()
+    record["calibration"] = cal.record() if cal is not None else None
+    calibrated = cal.calibrated_row if cal is not None else None
 
     # ---- what is already done (--resume); the provenance of a new table
     existing: list[dict] = []
     try:
         if dist.is_main and args.resume and output.exists():
             check_provenance(output, record)
-            existing = prepare_resume(output, labels, fmt)
+            existing = prepare_resume(output, labels, fmt, extra)
         elif dist.is_main and output is not None:
             write_provenance(output, record)
     except (TableError, OSError) as err:
@@ -404,7 +427,7 @@ def _predict(args, dist, device, fmt, items, spk_map, analyzer) -> int:
         return 2
     try:
         if not dist.is_main and args.resume and output.exists():
-            existing = read_table(output, labels, fmt)
+            existing = read_table(output, labels, fmt, extra)
     except TableError as err:
         problem = err
     if _any_rank_failed(dist, device, problem, f"{output}: cannot be read (see the failing rank)"):
@@ -425,7 +448,8 @@ def _predict(args, dist, device, fmt, items, spk_map, analyzer) -> int:
         writer = TableWriter(_part_path(output, dist.rank, dist.world), labels, "jsonl",
                              precise=True)
     else:
-        writer = TableWriter(output, labels, fmt, append=args.resume)
+        writer = TableWriter(output, labels, fmt, append=args.resume, extra=extra,
+                             transform=calibrated)
     failed = False
     try:
         with _progress(mine, not args.quiet and dist.is_main) as progress:
@@ -443,7 +467,8 @@ def _predict(args, dist, device, fmt, items, spk_map, analyzer) -> int:
             merge_error = None
             if dist.is_main:
                 try:
-                    writer = TableWriter(output, labels, fmt, append=args.resume)
+                    writer = TableWriter(output, labels, fmt, append=args.resume,
+                                         extra=extra, transform=calibrated)
                     failed = _merge_parts(writer, output, dist.world, labels,
                                           [p for p, _ in todo], results) or failed
                 except (RuntimeError, TableError, OSError) as err:  # part files kept

@@ -69,6 +69,7 @@ class AgeGenderClassifier(EncoderClassifier):
             raise ValueError("fast_path is a CPU option of the torch backend")
         self.backend = backend
         self._fingerprint = None
+        self.calibration = None  # set by from_hparams (agegender_sb.calibration)
         self.onnx_session = None
         if backend == "onnx":
             self.onnx_session = self._open_onnx(onnx_path, onnx_threads)
@@ -170,7 +171,11 @@ class AgeGenderClassifier(EncoderClassifier):
             audEERING's; ``onnx_threads`` sets ONNX Runtime's thread count (default:
             ``torch.get_num_threads()``, so that ``torch.set_num_threads`` and the CLI's
             ``--threads`` govern both backends; ONNX Runtime's own default, all physical
-            cores, would oversubscribe ranks under torchrun). ``fast_path``
+            cores, would oversubscribe ranks under torchrun). ``calibration``: a
+            :class:`~agegender_sb.calibration.Calibration` or its file, None for none
+            (default: the model folder's ``calibration.json`` when it has one; another
+            model's is refused with :class:`~agegender_sb.calibration.CalibrationError`).
+            ``fast_path``
             (CPU, torch backend; :mod:`agegender_sb.fast_paths`): ``"bf16"`` (the matrix
             products in bfloat16; for CPUs with AMX or AVX512-BF16), ``"int8"`` (the
             transformer's in int8), ``"auto"`` (bf16 where the CPU has it, else int8;
@@ -191,9 +196,20 @@ class AgeGenderClassifier(EncoderClassifier):
         src = resolve_source(source, savedir=savedir, fetch_config=fetch_config,
                              local_strategy=local_strategy, hparams_file=hparams_file,
                              trust_remote_code=trust_remote_code)
+        calibration = kwargs.pop("calibration", "default")
         hparams = load_model(src, overrides)
         hparams["savedir"] = savedir
-        return cls(modules=hparams["modules"], hparams=hparams, **kwargs)
+        clf = cls(modules=hparams["modules"], hparams=hparams, **kwargs)
+        # a model folder's calibration.json applies by default (agegender_sb.calibration)
+        from .calibration import model_calibration
+        from .sources import CALIBRATION_FILE
+
+        if isinstance(calibration, str) and calibration == "default":
+            calibration = src.files.get(CALIBRATION_FILE)
+        if calibration is not None:  # the fingerprint is hashed only to check one
+            clf.calibration = model_calibration(calibration, None, clf.fingerprint,
+                                                clf.labels)
+        return clf
 
     # ------------------------------------------------------------------ inference
     def load_audio(self, path, savedir=None) -> torch.Tensor:
@@ -323,7 +339,8 @@ class AgeGenderClassifier(EncoderClassifier):
         return self.analyzer(**settings).analyse(path, turns)
 
     def predict_table(self, inputs, segments: bool = False, speakers=None, rttm=None,
-                      precise: bool = False, progress: bool = False, **settings):
+                      precise: bool = False, progress: bool = False,
+                      calibration="default", age_bands=None, **settings):
         """What ``agegender predict`` writes, as a pandas DataFrame (``pip install
         "agegender_sb[table]"``): the same rows, columns and numbers.
 
@@ -341,6 +358,11 @@ class AgeGenderClassifier(EncoderClassifier):
             Numbers unrounded (default: rounded as the command writes them).
         progress : bool
             A progress bar on stderr.
+        calibration : Calibration, str, PathLike or None
+            Adds ``age_low``, ``age_high``, ``p_<label>`` (``--calibration``; default:
+            :attr:`calibration`, the model folder's; None: none).
+        age_bands : sequence of float, optional
+            With a calibration: one ``p_age_<lo>_<hi>`` column per band between these edges.
         **settings
             As :meth:`analyzer` (``vad``, ``window``, ``max_whole``, ...).
 
@@ -367,6 +389,7 @@ class AgeGenderClassifier(EncoderClassifier):
 
         if isinstance(inputs, (str, os.PathLike)):
             inputs = [inputs]
+        cal = self._table_calibration(calibration, age_bands)
         items = collect_items(inputs, read_rttm(rttm) if rttm else None)
         spk_map = read_speakers(speakers) if speakers else None
         analyzer = self.analyzer(**settings)
@@ -380,10 +403,13 @@ class AgeGenderClassifier(EncoderClassifier):
                 results[path] = file_rows[-1]
         if spk_map is not None:
             rows += speaker_rows(spk_map, [p for p, _ in items], results, self.labels)
-        cols = columns(self.labels)
+        extra = cal.extra_columns() if cal is not None else ()
+        cols = columns(self.labels, extra)
         spans = [r.get("_span") or (r.get("start") or 0.0, r.get("end")) for r in rows]
+        if cal is not None:
+            rows = [cal.calibrated_row(r) for r in rows]
         if not precise:
-            rows = [format_record(r, self.labels) for r in rows]
+            rows = [format_record(r, self.labels, extra) for r in rows]
         frame = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
         index = pd.MultiIndex.from_arrays([
             frame["path"].tolist(),
@@ -391,6 +417,42 @@ class AgeGenderClassifier(EncoderClassifier):
             pd.to_timedelta([float("nan") if e is None else e for _, e in spans], unit="s"),
         ], names=["file", "start", "end"])
         return frame.set_index(index)
+
+    def _table_calibration(self, calibration, age_bands):
+        from .calibration import model_calibration
+
+        if isinstance(calibration, str) and calibration == "default":
+            cal = self.calibration
+        else:
+            cal = model_calibration(calibration, None, self.fingerprint, self.labels)
+        if age_bands is not None:
+            if cal is None:
+                raise ValueError("age_bands need a calibration")
+            cal = cal.with_options(bands=age_bands)
+        return cal
+
+    def calibrate(self, table, truth, levels=(0.9,), min_group: int = 30):
+        """Fit a :class:`~agegender_sb.calibration.Calibration` of this model from a table
+        (a file ``agegender predict`` wrote, or :meth:`predict_table`'s DataFrame) and a
+        truth CSV (``path`` or ``speaker``, ``age``, ``gender``); ``.save(path)`` it, or
+        apply it with ``predict_table(..., calibration=cal)``.
+
+        Raises
+        ------
+        CalibrationError
+            A table made by another model, no row matched, too few rows for a level.
+        """
+        from .calibration import calibrate_table
+
+        rows = None
+        if hasattr(table, "to_dict"):  # a DataFrame from predict_table
+            import math
+
+            rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v)
+                     for k, v in r.items()} for r in table.to_dict("records")]
+            table = "the table"
+        return calibrate_table(table, truth, levels, min_group, fingerprint=self.fingerprint,
+                               rows=rows, labels=self.labels)
 
     def classify_batch(self, wavs, wav_lens=None):
         """Gender classification with SpeechBrain's return convention.

@@ -176,6 +176,9 @@ class TableWriter:
         Write numbers unrounded (used for the part files of distributed runs).
     extra : sequence of str
         Number columns after ``gender`` (see :func:`columns`).
+    transform : callable, optional
+        Applied to each record before it is written (a calibration's
+        :meth:`~agegender_sb.calibration.Calibration.calibrated_row`).
 
     Example
     -------
@@ -188,8 +191,8 @@ class TableWriter:
     """
 
     def __init__(self, path, labels, fmt="csv", append=False, stream=None, precise=False,
-                 extra=()):
-        self.labels, self.extra = tuple(labels), tuple(extra)
+                 extra=(), transform=None):
+        self.labels, self.extra, self.transform = tuple(labels), tuple(extra), transform
         self.columns = columns(self.labels, self.extra)
         self.fmt = guess_format(path, fmt)
         self.precise = precise
@@ -210,6 +213,8 @@ class TableWriter:
 
     def write(self, record: dict) -> None:
         """Write one row and flush it."""
+        if self.transform is not None:
+            record = self.transform(record)
         if self.precise:
             row = {c: record.get(c) for c in self.columns}
         else:
