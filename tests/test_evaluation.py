@@ -144,3 +144,14 @@ def test_pairs_use_calibrated_probabilities_and_skip_failures():
     assert r["probabilities"] == "calibrated" and r["n_without_prediction"] == 1
     assert r["overall"]["mae"]["value"] == pytest.approx(7.5)
     assert r["overall"]["nll"]["value"] == pytest.approx(-(math.log(0.6) + math.log(0.3)) / 2)
+
+
+def test_interval_widened_to_hold_a_biased_estimate():
+    """Calibrated probabilities: resamples with repeated rows have a larger ECE than the
+    data, and the percentile interval would miss the estimate; it is widened to hold it."""
+    rng = np.random.default_rng(0)
+    p1 = rng.uniform(0.5, 1, 400)
+    y = (rng.random(400) < p1).astype(int)
+    m = evaluate(probs=np.stack([1 - p1, p1], 1), true_gender=y, labels=("a", "b"), by=(),
+                 replicates=300, seed=0)["overall"]["ece"]
+    assert m["low"] == m["value"] < m["high"]
