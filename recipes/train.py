@@ -38,10 +38,12 @@ from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from agegender_sb.batch.distributed import Distributed
-from agegender_sb.loading.checkpoint import CheckpointError
+from agegender_sb.loading.checkpoint import CheckpointError, fingerprint
 from agegender_sb.loading.config import plain_values, setting_fields
 from agegender_sb.loading.folders import save_model_folder
 from agegender_sb.loading.sources import load_weights, resolve_source
+from agegender_sb.report.calibration import CalibrationError
+from agegender_sb.training.calibration import fit_on_rows, results_entry
 from agegender_sb.training.data import ShardSampler, read_segment
 from agegender_sb.training.outputs import (
     COMPLETE_MARKER,
@@ -62,6 +64,11 @@ class AgeGenderBrain(sb.Brain):
 
     #: Utterances dropped per split (shorter than ``min_seconds``), for ``results.json``.
     dropped: dict = {}
+    #: A TEST-stage pass that only collects the predictions (the validation set's, for the
+    #: calibration), and the calibration measured on the test set.
+    collect_only: bool = False
+    collected: list = []
+    calibration = None
 
     def raw_model(self):
         """The model without its DDP wrapper."""
@@ -171,13 +178,20 @@ class AgeGenderBrain(sb.Brain):
                 gathered = [None] * torch.distributed.get_world_size()
                 torch.distributed.all_gather_object(gathered, rows)
                 rows = [r for part in gathered for r in part]
+            if self.collect_only:  # the validation set's predictions, for the calibration
+                self.collected = rows
+                return
             self.hparams.train_logger.log_stats(
                 stats_meta={"Epoch loaded": self.hparams.epoch_counter.current},
                 test_stats=flat)
             if if_main_process():
+                extra = {"dropped": self.dropped, "calibration": None}
+                if self.calibration is not None:
+                    extra["calibration"] = results_entry(self.calibration, rows,
+                                                         self.hparams.gender_labels)
                 write_test_outputs(self.hparams.output_folder, summary, rows,
                                    self.hparams.gender_labels, self.hparams.make_plots,
-                                   extra={"dropped": self.dropped})
+                                   extra=extra)
 
 
 # ============================================================================ data
@@ -275,6 +289,26 @@ def merge_overrides(source_values: dict, overrides: str) -> dict:
     return merged
 
 
+def calibrate_on_valid(brain, hparams, loader, best):
+    """The best checkpoint's :class:`~agegender_sb.report.calibration.Calibration`, fitted on its
+    validation predictions (every rank fits the same one); None, with a warning, when the
+    validation set is too small for the levels."""
+    brain.collect_only = True
+    try:
+        brain.evaluate(loader, **best)
+    finally:
+        brain.collect_only = False
+    labels = tuple(hparams["gender_labels"])
+    try:
+        return fit_on_rows(brain.collected, labels,
+                           fingerprint({"model": brain.raw_model()}, labels),
+                           hparams["calibration_coverage"], hparams["calibration_min_group"],
+                           corpus={"split": "valid", "manifest": str(hparams["valid_csv"])})
+    except CalibrationError as err:
+        logger.warning("no calibration: validation set: %s", err)
+        return None
+
+
 # ============================================================================ main
 def main(argv=None) -> None:
     """Command-line entry point (see the module docstring)."""
@@ -352,12 +386,20 @@ def main(argv=None) -> None:
     brain.fit(hparams["epoch_counter"], datasets["train"], eval_loader(datasets["valid"]),
               train_loader_kwargs=train_kwargs)
     key = hparams["best_metric"]
+    if hparams["calibrate"]:
+        brain.calibration = calibrate_on_valid(brain, hparams, eval_loader(datasets["valid"]),
+                                               {f"{BEST_METRICS[key]}_key": key})
     brain.evaluate(eval_loader(datasets["test"]), **{f"{BEST_METRICS[key]}_key": key})
     if if_main_process():
         values = {k: hparams["net"][k] for k in setting_fields()}
         path = save_model_folder(brain.raw_model(), values, hparams["export_folder"],
                                  config=src.config)
-        logger.info("best checkpoint (%s) exported to %s", key, path)
+        cal_path = path / "calibration.json"  # none of an earlier run's: another model's
+        cal_path.unlink(missing_ok=True)
+        if brain.calibration is not None:
+            brain.calibration.save(cal_path)
+        logger.info("best checkpoint (%s) exported to %s%s", key, path,
+                    " with its calibration" if brain.calibration is not None else "")
     # Every rank waits for the export, then leaves the process group cleanly (a rank that
     # exits while others still talk to it aborts, and torchrun reports the run as failed).
     dist.barrier()

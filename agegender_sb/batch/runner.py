@@ -83,10 +83,13 @@ class BatchRunner:
         Called with each file's result (or error) as it completes.
     dist : Distributed, optional
         The torchrun launch (default: one process).
+    calibration : Calibration, optional
+        Adds its columns to every row (:mod:`agegender_sb.report.calibration`).
     """
 
     def __init__(self, analyzer, inputs: Inputs, record: dict, segments: bool = False,
-                 progress: Callable | None = None, dist: Distributed | None = None):
+                 progress: Callable | None = None, dist: Distributed | None = None,
+                 calibration=None):
         self.analyzer = analyzer
         self.inputs = inputs
         self.record = record
@@ -95,6 +98,13 @@ class BatchRunner:
         self.progress = progress or (lambda result: None)
         self.dist = dist or Distributed({})
         self.device = str(getattr(analyzer.clf, "device", "cpu"))
+        self.calibration = calibration
+        self.extra = tuple(calibration.extra_columns()) if calibration is not None else ()
+
+    def _calibrated(self, rows: list[dict]) -> list[dict]:
+        if self.calibration is None:
+            return rows
+        return [self.calibration.calibrated_row(r) for r in rows]
 
     # ------------------------------------------------------------------ analysis
     def _analyse(self, items):
@@ -103,7 +113,7 @@ class BatchRunner:
             rows = [error_row(path, res)] if isinstance(res, Exception) else file_rows(
                 path, res, self.segments)
             self.progress(res)
-            yield path, rows
+            yield path, self._calibrated(rows)
 
     def _derived(self, groups: dict, summary: RunSummary) -> list[dict]:
         """Speaker rows pooled from the file rows of ``groups`` (``{key: rows}``)."""
@@ -111,8 +121,8 @@ class BatchRunner:
             return []
         results = {path: groups[file_key(path)][-1] for path, _ in self.inputs.items
                    if file_key(path) in groups}
-        rows = speaker_rows(self.inputs.speakers, [p for p, _ in self.inputs.items], results,
-                            self.labels)
+        rows = self._calibrated(speaker_rows(
+            self.inputs.speakers, [p for p, _ in self.inputs.items], results, self.labels))
         summary.n_failed += sum(is_failure(r) for r in rows)
         return rows
 
@@ -152,7 +162,7 @@ class BatchRunner:
     def _formatted(self, rows: list[dict]) -> list[dict]:
         """Rows as a table holds them (numbers rounded as written), so that speakers pooled
         from them equal those of a resumed table."""
-        return [{**r, **format_record(r, self.labels)} for r in rows]
+        return [{**r, **format_record(r, self.labels, self.extra)} for r in rows]
 
     # ------------------------------------------------------------------ a table file
     def run_to_table(self, output: str | os.PathLike, fmt: str, resume: bool = False
@@ -180,15 +190,15 @@ class BatchRunner:
             raise problem if problem is not None else TableError(
                 f"{output}: cannot be resumed (see rank 0)")
         if not dist.is_main:  # rank 0 has made the table hold exactly what is kept
-            kept = file_groups(read_table(output, self.labels, fmt)) if resume else {}
+            kept = file_groups(self._read(output, fmt)) if resume else {}
         summary.n_kept = len(kept)
         todo = [(p, t) for p, t in self.inputs.items if file_key(p) not in kept]
         mine = todo[dist.rank :: dist.world]
         if dist.active:
             writer = TableWriter(part_path(output, dist.rank, dist.world), self.labels,
-                                 "jsonl", precise=True)
+                                 "jsonl", precise=True, extra=self.extra)
         else:
-            writer = TableWriter(output, self.labels, fmt, append=True)
+            writer = TableWriter(output, self.labels, fmt, append=True, extra=self.extra)
         with writer:
             for _, rows in self._analyse(mine):
                 for row in rows:
@@ -209,21 +219,25 @@ class BatchRunner:
         summary.n_failed = max(summary.n_failed, int(failed))
         return summary
 
+    def _read(self, path: Path, fmt: str) -> list[dict]:
+        return read_table(path, self.labels, fmt, self.extra)
+
     def _start(self, output: Path, fmt: str, resume: bool) -> dict:
         """Rank 0, before analysing: the table holds exactly the file groups kept (resumed
         table and leftover part files: finished files, failures dropped), in input order."""
         kept: dict = {}
         if resume and output.exists():
             check_provenance(output, self.record)
-            truncate_incomplete(output, self.labels, fmt)
-            kept = file_groups(read_table(output, self.labels, fmt))
+            truncate_incomplete(output, self.labels, fmt, self.extra)
+            kept = file_groups(self._read(output, fmt))
             for part in sorted(output.parent.glob(f"{output.name}.part*-of-*.jsonl")):
-                truncate_incomplete(part, self.labels, "jsonl")  # a killed rank's last row
-                for key, rows in file_groups(read_table(part, self.labels, "jsonl")).items():
+                # a killed rank's last row may be cut short
+                truncate_incomplete(part, self.labels, "jsonl", self.extra)
+                for key, rows in file_groups(self._read(part, "jsonl")).items():
                     kept.setdefault(key, self._formatted(rows))
             kept = {k: rows for k, rows in kept.items() if not is_failure(rows[-1])}
         write_provenance(output, self.record)
-        rewrite_table(output, self.labels, fmt, self._ordered(kept))
+        rewrite_table(output, self.labels, fmt, self._ordered(kept), self.extra)
         for part in output.parent.glob(f"{output.name}.part*-of-*.jsonl"):
             part.unlink()
         return kept
@@ -231,18 +245,18 @@ class BatchRunner:
     def _finish(self, output: Path, fmt: str, summary: RunSummary) -> None:
         """Rank 0, after analysing: the ranks' part files merged, every group in input
         order, speaker rows pooled from the file rows; the table replaced in one rename."""
-        groups = file_groups(read_table(output, self.labels, fmt))
+        groups = file_groups(self._read(output, fmt))
         parts = [part_path(output, r, self.dist.world) for r in range(self.dist.world)]
         if self.dist.active:
             for part in parts:
-                for key, rows in file_groups(read_table(part, self.labels, "jsonl")).items():
+                for key, rows in file_groups(self._read(part, "jsonl")).items():
                     groups[key] = self._formatted(rows)
             missing = [p for p, _ in self.inputs.items if file_key(p) not in groups]
             if missing:
                 raise TableError(f"distributed merge: {len(missing)} input(s) missing from "
                                  f"the part files (first: {missing[0]})")
         rewrite_table(output, self.labels, fmt,
-                      self._ordered(groups) + self._derived(groups, summary))
+                      self._ordered(groups) + self._derived(groups, summary), self.extra)
         if self.dist.active:
             for part in parts:
                 part.unlink()

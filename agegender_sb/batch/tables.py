@@ -66,8 +66,12 @@ _FIXED = ("path", "speaker", "start", "end", "duration", "speech", "age", "gende
 
 
 
-def columns(labels: Sequence[str]) -> list[str]:
+def columns(labels: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
     """Output columns for a model with gender ``labels`` (in the model's label order).
+
+    ``extra``: more number columns between ``gender`` and ``error`` (a calibration's
+    ``age_low``, ``age_high``, ``p_<label>``, ``p_age_<lo>_<hi>``: see
+    :mod:`agegender_sb.report.calibration`).
 
     Example
     -------
@@ -78,8 +82,11 @@ def columns(labels: Sequence[str]) -> list[str]:
     clash = set(_FIXED).intersection(labels)
     if clash:
         raise ValueError(f"gender labels clash with output columns: {sorted(clash)}")
+    clash = set(_FIXED).union(labels).intersection(extra)
+    if clash or len(set(extra)) != len(extra):
+        raise ValueError(f"extra columns clash with output columns: {list(extra)}")
     return ["path", "speaker", "start", "end", "duration", "speech", "age", *labels, "gender",
-            "error"]
+            *extra, "error"]
 
 
 def guess_format(path: str | os.PathLike | None, fmt: str | None = None) -> str:
@@ -99,13 +106,13 @@ def guess_format(path: str | os.PathLike | None, fmt: str | None = None) -> str:
     return "csv"
 
 
-def _digits(col: str, labels) -> int | None:
+def _digits(col: str, labels, extra=()) -> int | None:
     """Decimals a column's numbers are written with (None: not a number column)."""
     if col in ("start", "end", "duration", "speech"):
         return _SECONDS
-    if col == "age":
+    if col in ("age", "age_low", "age_high"):
         return _YEARS
-    return _PROB if col in labels else None
+    return _PROB if col in labels or col in extra else None
 
 
 def _round(value, digits):
@@ -115,7 +122,7 @@ def _round(value, digits):
     return round(value, digits) if math.isfinite(value) else value
 
 
-def format_record(record: dict, labels: Sequence[str]) -> dict:
+def format_record(record: dict, labels: Sequence[str], extra: Sequence[str] = ()) -> dict:
     """A record with numbers rounded for writing and missing values as ``None``.
 
     Example
@@ -126,13 +133,13 @@ def format_record(record: dict, labels: Sequence[str]) -> dict:
     31.23
     """
     out = {}
-    for col in columns(labels):
+    for col in columns(labels, extra):
         value = record.get(col)
         if col in ("start", "end", "duration", "speech"):
             value = _round(value, _SECONDS)
-        elif col == "age":
+        elif col in ("age", "age_low", "age_high"):
             value = _round(value, _YEARS)
-        elif col in labels:
+        elif col in labels or col in extra:
             value = _round(value, _PROB)
         elif value is not None:
             value = str(value)
@@ -144,20 +151,21 @@ def format_record(record: dict, labels: Sequence[str]) -> dict:
 
 
 def row_kind(row: dict) -> str:
-    """``"file"``, ``"segment"`` (a window or turn), ``"turn_speaker"`` (a speaker's turns in
-    one file) or ``"speaker"`` (``--speakers``): the one place row kinds are told apart.
+    """``"file"``, ``"segment"`` (a window or turn), ``"file-speaker"`` (a speaker's turns in
+    one file, pooled) or ``"speaker"`` (``--speakers``: pooled over files): the one place
+    row kinds are told apart.
 
     Example
     -------
     >>> [row_kind(r) for r in ({"path": "a.wav"}, {"path": "a.wav", "start": 0.0},
     ...  {"path": "a.wav", "speaker": "s1"}, {"path": None, "speaker": "s1"})]
-    ['file', 'segment', 'turn_speaker', 'speaker']
+    ['file', 'segment', 'file-speaker', 'speaker']
     """
     if row.get("path") is None:
         return "speaker"
     if row.get("start") is not None:
         return "segment"
-    return "turn_speaker" if row.get("speaker") is not None else "file"
+    return "file-speaker" if row.get("speaker") is not None else "file"
 
 
 def row_status(row: dict) -> Status:
@@ -221,6 +229,8 @@ class TableWriter:
         file is empty.
     precise : bool
         Write numbers unrounded (used for the part files of distributed runs).
+    extra : sequence of str
+        Number columns after ``gender`` (see :func:`columns`).
 
     Example
     -------
@@ -232,9 +242,10 @@ class TableWriter:
     x.wav,,,,,,,,,,,x.wav: no such file
     """
 
-    def __init__(self, path, labels, fmt="csv", append=False, stream=None, precise=False):
-        self.labels = tuple(labels)
-        self.columns = columns(self.labels)
+    def __init__(self, path, labels, fmt="csv", append=False, stream=None, precise=False,
+                 extra=()):
+        self.labels, self.extra = tuple(labels), tuple(extra)
+        self.columns = columns(self.labels, self.extra)
         self.fmt = guess_format(path, fmt)
         self.precise = precise
         self._own = path is not None
@@ -251,14 +262,15 @@ class TableWriter:
         if self.fmt == "csv" and need_header:
             self._fh.write(_csv_line(self.columns))
             self._fh.flush()
-        self._digits = [None if precise else _digits(c, self.labels) for c in self.columns]
+        self._digits = [None if precise else _digits(c, self.labels, self.extra)
+                        for c in self.columns]
 
     def write(self, record: dict) -> None:
         """Write one row and flush it."""
         if self.precise:
             row = {c: record.get(c) for c in self.columns}
         else:
-            row = format_record(record, self.labels)
+            row = format_record(record, self.labels, self.extra)
         if self.fmt == "csv":
             line = _csv_line([row[c] for c in self.columns], self._digits)
         else:
@@ -285,10 +297,10 @@ class TableWriter:
         self.close()
 
 
-def _parse_value(col: str, text, labels):
+def _parse_value(col: str, text, numbers):
     if text is None or text == "":
         return None
-    if col in ("start", "end", "duration", "speech", "age") or col in labels:
+    if col in ("start", "end", "duration", "speech", "age") or col in numbers:
         return float(text)
     return str(text)
 
@@ -313,11 +325,11 @@ def _records(data: bytes, fmt: str) -> list[tuple[int, int, bytes]]:
         line += 1
 
 
-def _parse(path, data: bytes, fmt: str, labels) -> tuple[list[tuple[int, dict]], int]:
+def _parse(path, data: bytes, fmt: str, labels, extra=()) -> tuple[list[tuple[int, dict]], int]:
     """Parse complete records → ``([(end offset, record)], header end offset)``."""
     import csv
 
-    cols = columns(labels)
+    cols = columns(labels, extra)
     records = _records(data, fmt)
     out, header_end = [], 0
     if fmt == "csv":
@@ -344,7 +356,7 @@ def _parse(path, data: bytes, fmt: str, labels) -> tuple[list[tuple[int, dict]],
                     raise ValueError(f"not a JSON object: {text.strip()[:80]}")
                 if set(raw_rec) != set(cols):
                     raise ValueError(f"keys {sorted(raw_rec)} do not match {cols}")
-            rec = {c: _parse_value(c, raw_rec.get(c), labels) for c in cols}
+            rec = {c: _parse_value(c, raw_rec.get(c), (*labels, *extra)) for c in cols}
         except (ValueError, TypeError, StopIteration) as err:
             raise TableError(f"{path}, line {lineno}: cannot be parsed ({err})") from err
         out.append((end, rec))
@@ -357,7 +369,8 @@ def _ends_group(record: dict) -> bool:
     return row_kind(record) in ("file", "speaker")
 
 
-def read_table(path: str | os.PathLike, labels: Sequence[str], fmt: str | None = None) -> list:
+def read_table(path: str | os.PathLike, labels: Sequence[str], fmt: str | None = None,
+               extra: Sequence[str] = ()) -> list:
     """All complete rows of a table as dicts (numbers as floats, empty as ``None``).
 
     A last record without its newline (an interrupted write) is ignored.
@@ -365,15 +378,15 @@ def read_table(path: str | os.PathLike, labels: Sequence[str], fmt: str | None =
     Raises
     ------
     TableError
-        If the columns differ from ``columns(labels)`` or a complete record is not a row.
+        If the columns differ from ``columns(labels, extra)`` or a complete record is not a row.
     """
     fmt = guess_format(path, fmt)
-    records, _ = _parse(path, Path(path).read_bytes(), fmt, tuple(labels))
+    records, _ = _parse(path, Path(path).read_bytes(), fmt, tuple(labels), tuple(extra))
     return [rec for _, rec in records]
 
 
 def truncate_incomplete(path: str | os.PathLike, labels: Sequence[str],
-                        fmt: str | None = None) -> None:
+                        fmt: str | None = None, extra: Sequence[str] = ()) -> None:
     """Cut a table after its last complete group: a truncated last record and the rows of a
     file whose own row was never written (an interrupted run) go; nothing before changes.
 
@@ -385,7 +398,7 @@ def truncate_incomplete(path: str | os.PathLike, labels: Sequence[str],
     path = Path(path)
     fmt = guess_format(path, fmt)
     data = path.read_bytes()
-    records, header_end = _parse(path, data, fmt, tuple(labels))
+    records, header_end = _parse(path, data, fmt, tuple(labels), tuple(extra))
     keep = header_end
     for end, rec in records:
         if _ends_group(rec):
@@ -417,14 +430,14 @@ def file_groups(rows: Sequence[dict]) -> dict:
 
 
 def rewrite_table(path: str | os.PathLike, labels: Sequence[str], fmt: str,
-                  rows: Sequence[dict]) -> None:
+                  rows: Sequence[dict], extra: Sequence[str] = ()) -> None:
     """Replace the table at ``path`` by ``rows`` in one step (a temporary file beside it,
     flushed to disk, then renamed over it): a reader or a kill sees the old table or the
     new one, never a mix."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
     try:
-        with TableWriter(tmp, labels, fmt) as writer:
+        with TableWriter(tmp, labels, fmt, extra=extra) as writer:
             for row in rows:
                 writer.write(row)
             writer.sync()

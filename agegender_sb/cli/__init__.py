@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from agegender_sb.cli import models, predict, reports
+from agegender_sb.cli import calibration, models, predict, reports
 from agegender_sb.cli.common import PROG
 
 __all__ = ["main", "build_parser"]
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_parser(sub)
     models.add_parsers(sub)
     reports.add_parsers(sub)
+    calibration.add_commands(sub)
     return parser
 
 

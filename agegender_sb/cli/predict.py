@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from agegender_sb.cli.calibration import age_bands_arg, predict_calibration
 from agegender_sb.cli.common import (
     PROG,
     count,
@@ -103,6 +104,13 @@ def add_parser(sub) -> None:
                         "bf16 (matrix products in bfloat16, for CPUs with AMX or "
                         "AVX512-BF16), int8 (the transformer's in int8), auto (bf16 where "
                         "the CPU has it, else int8; the table's record says which)")
+    p.add_argument("--calibration", metavar="FILE",
+                   help="calibration from agegender calibrate: adds age_low, age_high and "
+                        "calibrated gender probabilities p_<label> (default: the model "
+                        "folder's calibration.json if it has one; 'none': no calibration)")
+    p.add_argument("--age-bands", type=age_bands_arg, metavar="EDGES",
+                   help="with a calibration: one p_age_<lo>_<hi> probability column per band "
+                        "between these edges (years), e.g. 0,13,20,40,65,120")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress report")
     p.set_defaults(func=cmd_predict)
 
@@ -143,7 +151,7 @@ def _prepare(args):
     return settings, fmt, inputs
 
 
-def _record(args, clf, settings, fmt) -> dict:
+def _record(args, clf, settings, fmt, cal) -> dict:
     """The provenance record of this analysis (compared on ``--resume``)."""
     from agegender_sb import __version__
 
@@ -152,7 +160,8 @@ def _record(args, clf, settings, fmt) -> dict:
                       "labels": list(clf.labels)},
             "backend": args.backend, "precision": args.precision,
             "fast_path": clf.fast_path,  # "auto" resolved
-            "onnx": clf.onnx_record, "analysis": settings.record(), "format": fmt}
+            "onnx": clf.onnx_record, "analysis": settings.record(), "format": fmt,
+            "calibration": None if cal is None else cal.record()}
 
 
 class _Collective:
@@ -235,12 +244,20 @@ def _run(args, dist, device, settings, fmt, inputs) -> int:
             problem = f"cannot load the model {args.source}: {err}"
         if check.failed(problem, "the model could not be loaded on another rank"):
             return 2
-        record = _record(args, clf, settings, fmt)
+        cal = None
+        try:
+            cal = predict_calibration(args, clf)
+        except (AgeGenderError, ValueError, OSError) as err:  # another model's, unreadable
+            problem = err
+        if check.failed(problem, "the calibration was refused on another rank"):
+            return 2
+        record = _record(args, clf, settings, fmt, cal)
         with _progress(inputs.items, not args.quiet and dist.is_main) as progress:
             runner = BatchRunner(Analyzer(clf, settings), inputs, record, args.segments,
-                                 progress.update, dist)
+                                 progress.update, dist, calibration=cal)
             if not args.output:
-                summary = runner.run_to_stream(TableWriter(None, clf.labels, fmt))
+                summary = runner.run_to_stream(TableWriter(None, clf.labels, fmt,
+                                                           extra=runner.extra))
                 return 1 if summary.failed else 0
             try:
                 summary = runner.run_to_table(args.output, fmt, resume=args.resume)

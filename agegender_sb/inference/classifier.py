@@ -71,6 +71,7 @@ class AgeGenderClassifier(EncoderClassifier):
             raise ValueError("fast_path is a CPU option of the torch backend")
         self.backend = backend
         self._fingerprint = None
+        self.calibration = None  # set by from_hparams (agegender_sb.report.calibration)
         self.onnx_session = None
         #: What computes the numbers with ``backend="onnx"`` (graph fingerprint, the model it
         #: records being exported from); None for the torch backend.
@@ -194,7 +195,11 @@ class AgeGenderClassifier(EncoderClassifier):
             audEERING's; ``onnx_threads`` sets ONNX Runtime's thread count (default:
             ``torch.get_num_threads()``, so that ``torch.set_num_threads`` and the CLI's
             ``--threads`` govern both backends; ONNX Runtime's own default, all physical
-            cores, would oversubscribe ranks under torchrun). ``fast_path``
+            cores, would oversubscribe ranks under torchrun). ``calibration``: a
+            :class:`~agegender_sb.report.calibration.Calibration` or its file, None for none
+            (default: the model folder's ``calibration.json`` when it has one; another
+            model's is refused with :class:`~agegender_sb.report.calibration.CalibrationError`).
+            ``fast_path``
             (CPU, torch backend; :mod:`agegender_sb.backends.fast_paths`): ``"bf16"`` (the matrix
             products in bfloat16; for CPUs with AMX or AVX512-BF16), ``"int8"`` (the
             transformer's in int8), ``"auto"`` (bf16 where the CPU has it, else int8;
@@ -215,9 +220,20 @@ class AgeGenderClassifier(EncoderClassifier):
         src = resolve_source(source, savedir=savedir, fetch_config=fetch_config,
                              local_strategy=local_strategy, hparams_file=hparams_file,
                              trust_remote_code=trust_remote_code)
+        calibration = kwargs.pop("calibration", "default")
         hparams = load_model(src, overrides)
         hparams["savedir"] = savedir
-        return cls(modules=hparams["modules"], hparams=hparams, **kwargs)
+        clf = cls(modules=hparams["modules"], hparams=hparams, **kwargs)
+        # a model folder's calibration.json applies by default (agegender_sb.report.calibration)
+        from agegender_sb.loading.sources import CALIBRATION_FILE
+        from agegender_sb.report.calibration import model_calibration
+
+        if isinstance(calibration, str) and calibration == "default":
+            calibration = src.files.get(CALIBRATION_FILE)
+        if calibration is not None:  # the fingerprint is hashed only to check one
+            clf.calibration = model_calibration(calibration, None, clf.fingerprint,
+                                                clf.labels)
+        return clf
 
     # ------------------------------------------------------------------ inference
     def load_audio(self, path, savedir=None) -> torch.Tensor:
@@ -355,7 +371,8 @@ class AgeGenderClassifier(EncoderClassifier):
         return self.analyzer(**settings).analyse(path, turns)
 
     def predict_table(self, inputs, segments: bool = False, speakers=None, rttm=None,
-                      precise: bool = False, progress: bool = False, **settings):
+                      precise: bool = False, progress: bool = False,
+                      calibration="default", age_bands=None, **settings):
         """What ``agegender predict`` writes, as a pandas DataFrame (``pip install
         "agegender_sb[table]"``): the same rows, columns and numbers, from the same batch
         runner (:mod:`agegender_sb.batch.runner`).
@@ -375,6 +392,11 @@ class AgeGenderClassifier(EncoderClassifier):
             Numbers unrounded (default: rounded as the command writes them).
         progress : bool
             A progress bar on stderr.
+        calibration : Calibration, str, PathLike or None
+            Adds ``age_low``, ``age_high``, ``p_<label>`` (``--calibration``; default:
+            :attr:`calibration`, the model folder's; None: none).
+        age_bands : sequence of float, optional
+            With a calibration: one ``p_age_<lo>_<hi>`` column per band between these edges.
         **settings
             As :meth:`analyzer` (``vad``, ``window``, ``max_whole``, ...).
 
@@ -404,13 +426,15 @@ class AgeGenderClassifier(EncoderClassifier):
 
         if isinstance(inputs, (str, os.PathLike)):
             inputs = [inputs]
+        cal = self._table_calibration(calibration, age_bands)
         resolved = resolve_inputs(inputs, rttm, speakers)
         analyzer = self.analyzer(**settings)
         with tqdm(total=len(resolved.items), disable=not progress, unit="file") as bar:
             runner = BatchRunner(analyzer, resolved, {}, segments,
-                                 progress=lambda _: bar.update(1))
+                                 progress=lambda _: bar.update(1), calibration=cal)
             rows = runner.run_to_rows(precise=precise).rows
-        cols = [c for c in columns(self.labels) if c not in ("start", "end")]
+        extra = cal.extra_columns() if cal is not None else ()
+        cols = [c for c in columns(self.labels, extra) if c not in ("start", "end")]
         spans = [r.get("_span") or (r.get("start") or 0.0, r.get("end")) for r in rows]
         frame = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
         index = pd.MultiIndex.from_arrays([
@@ -419,6 +443,42 @@ class AgeGenderClassifier(EncoderClassifier):
             pd.to_timedelta([float("nan") if e is None else e for _, e in spans], unit="s"),
         ], names=["file", "start", "end"])
         return frame.set_index(index)
+
+    def _table_calibration(self, calibration, age_bands):
+        from agegender_sb.report.calibration import model_calibration
+
+        if isinstance(calibration, str) and calibration == "default":
+            cal = self.calibration
+        else:
+            cal = model_calibration(calibration, None, self.fingerprint, self.labels)
+        if age_bands is not None:
+            if cal is None:
+                raise ValueError("age_bands need a calibration")
+            cal = cal.with_options(bands=age_bands)
+        return cal
+
+    def calibrate(self, table, truth, levels=(0.9,), min_group: int = 30):
+        """Fit a :class:`~agegender_sb.report.calibration.Calibration` of this model from a table
+        (a file ``agegender predict`` wrote, or :meth:`predict_table`'s DataFrame) and a
+        truth CSV (``path`` or ``speaker``, ``age``, ``gender``); ``.save(path)`` it, or
+        apply it with ``predict_table(..., calibration=cal)``.
+
+        Raises
+        ------
+        CalibrationError
+            A table made by another model, no row matched, too few rows for a level.
+        """
+        from agegender_sb.report.calibration import calibrate_table
+
+        rows = None
+        if hasattr(table, "to_dict"):  # a DataFrame from predict_table
+            import math
+
+            rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v)
+                     for k, v in r.items()} for r in table.to_dict("records")]
+            table = "the table"
+        return calibrate_table(table, truth, levels, min_group, fingerprint=self.fingerprint,
+                               rows=rows, labels=self.labels)
 
     def classify_batch(self, wavs, wav_lens=None):
         """Gender classification with SpeechBrain's return convention.

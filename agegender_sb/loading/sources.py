@@ -107,6 +107,9 @@ _OFFLINE_HINT = ("use a local model folder (--source DIR / source=DIR), the save
                  "HF_HUB_OFFLINE=1")
 
 
+#: A model folder's calibration (agegender_sb.report.calibration), applied by default when
+#: present.
+CALIBRATION_FILE = "calibration.json"
 
 
 @dataclass
@@ -297,7 +300,8 @@ def resolve_source(
         if not path.is_dir():
             raise SourceError(f"{source}: is a file; a model source is a folder or a hub id")
         files = {n: path / n for n in (hparams_file, "config.json", *WEIGHT_FILES,
-                                       *(f"{m}.ckpt" for m in MODULE_FILES))
+                                       *(f"{m}.ckpt" for m in MODULE_FILES),
+                                       CALIBRATION_FILE)
                  if (path / n).is_file()}
         get = files.get
         if hparams_file in files:
@@ -357,7 +361,9 @@ def _transformers_source(source, files, get) -> ModelSource:
     weights = next((get(n) for n in WEIGHT_FILES if get(n) is not None), None)
     if weights is None:
         raise CheckpointError(f"{source}: no {' or '.join(WEIGHT_FILES)} next to config.json")
-    files = {"config.json": files["config.json"], "weights": Path(weights)}
+    files = {"config.json": files["config.json"], "weights": Path(weights),
+             **({CALIBRATION_FILE: files[CALIBRATION_FILE]} if CALIBRATION_FILE in files
+                else {})}
     kind = "audeering" if labels_from_config(config) is not None else "wav2vec2"
     return ModelSource(kind, source, files, hparams_from_config(config, require_labels=False),
                        config)

@@ -50,6 +50,9 @@ class Report:
     truth_key: str | None = None
     n_matched: int = 0
     notes: list = field(default_factory=list)
+    #: :func:`agegender_sb.report.evaluation.evaluate_pairs` of the matched rows (``agegender
+    #: evaluate``'s numbers: per group, with bootstrap intervals)
+    evaluation: dict | None = None
 
     def summary_lines(self) -> list[str]:
         """The lines ``agegender plot`` prints."""
@@ -65,6 +68,10 @@ class Report:
             if m["n_gender"]:
                 lines.append(f"gender accuracy {m['acc']:.3f}, UAR {m['uar']:.3f} over "
                              f"{m['n_gender']}")
+        if self.evaluation is not None and self.evaluation["overall"]:
+            from agegender_sb.report.evaluation import summary_lines
+
+            lines += summary_lines(self.evaluation)
         return lines + self.notes
 
 
@@ -273,6 +280,11 @@ def plot_report(table: str | os.PathLike, output: str | os.PathLike, truth=None,
             raise PlotError(f"{truth}: no {key} of the truth table matches a row of {table}")
         metrics = score(pairs, labels)
         report.metrics, report.truth_key, report.n_matched = metrics, key, len(pairs)
+        from agegender_sb.report.evaluation import evaluate_pairs
+
+        spk = [r.get("speaker") or e.get("speaker") or (spk_map.speaker(r["path"]) if spk_map
+               is not None and r.get("path") else None) for r, e in pairs]
+        report.evaluation = evaluate_pairs(pairs, labels, spk)
 
     colors = _colors(labels)
     n_rows = 2 if metrics is not None else 1

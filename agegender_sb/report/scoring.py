@@ -21,6 +21,7 @@ import math
 import os
 from pathlib import Path
 
+from agegender_sb.batch.tables import row_kind
 from agegender_sb.defaults import AGE_BANDS
 from agegender_sb.errors import ReportError
 
@@ -29,8 +30,9 @@ PlotError = ReportError
 
 
 # ---------------------------------------------------------------------------- reading
-def _labels_from_header(path: Path) -> tuple[tuple[str, ...], str]:
-    """Gender labels (the columns between ``age`` and ``gender``) and the table's format."""
+def _labels_from_header(path: Path) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+    """Gender labels (the columns between ``age`` and ``gender``), the extra columns (between
+    ``gender`` and ``error``: a calibration's) and the table's format."""
     from agegender_sb.batch.tables import guess_format
 
     fmt = guess_format(path)
@@ -50,7 +52,8 @@ def _labels_from_header(path: Path) -> tuple[tuple[str, ...], str]:
             "age"):
         raise PlotError(f"{path}: not a table written by agegender predict (columns: "
                         f"{names[:12]})")
-    return tuple(names[names.index("age") + 1:names.index("gender")]), fmt
+    extra = tuple(n for n in names[names.index("gender") + 1:] if n != "error")
+    return tuple(names[names.index("age") + 1:names.index("gender")]), extra, fmt
 
 
 def read_predictions(table: str | os.PathLike) -> tuple[list[dict], tuple[str, ...]]:
@@ -64,24 +67,14 @@ def read_predictions(table: str | os.PathLike) -> tuple[list[dict], tuple[str, .
     from agegender_sb.batch.tables import TableError, read_table
 
     path = Path(table)
-    labels, fmt = _labels_from_header(path)
+    labels, extra, fmt = _labels_from_header(path)
     try:
-        rows = read_table(path, labels, fmt)
+        rows = read_table(path, labels, fmt, extra)
     except TableError as err:
         raise PlotError(str(err)) from err
     if not rows:
         raise PlotError(f"{path}: the table has no rows")
     return rows, labels
-
-
-def row_kind(row: dict) -> str:
-    """``file``, ``segment`` (a window or a turn), ``file-speaker`` (a speaker's turns in
-    one file pooled) or ``speaker`` (``--speakers``: pooled over files)."""
-    if row.get("path") is None:
-        return "speaker"
-    if row.get("start") is not None:
-        return "segment"
-    return "file-speaker" if row.get("speaker") is not None else "file"
 
 
 def has_age(row: dict) -> bool:
@@ -123,13 +116,14 @@ def truth_gender(value: str, labels, where: str, line: int) -> str | None:
 
 def read_truth(path: str | os.PathLike, labels) -> tuple[str, dict]:
     """Read a truth CSV: ``(key column, {key: {"age": float or None, "gender": label or
-    None}})``. The key column is ``path`` when present, else ``speaker``.
+    None, "speaker": str or None}})``. The key column is ``path`` when present, else
+    ``speaker``; with ``path`` as the key, a ``speaker`` column names each file's speaker.
 
     Raises
     ------
     PlotError
         Naming the file (and line): no key column, neither ``age`` nor ``gender``, an age
-        that is not a number, a gender that names no label.
+        that is not a finite number >= 0, a gender that names no label.
     """
     path = Path(path)
     try:
@@ -152,8 +146,11 @@ def read_truth(path: str | os.PathLike, labels) -> tuple[str, dict]:
             age = float(age) if age else None
         except ValueError:
             raise PlotError(f"{path}, line {line}: age {age!r} is not a number") from None
+        if age is not None and not (math.isfinite(age) and age >= 0):
+            raise PlotError(f"{path}, line {line}: age {age!r} is not a finite number >= 0")
+        speaker = (row.get("speaker") or "").strip() if key == "path" else name
         out[name] = {"age": age, "gender": truth_gender(row.get("gender"), labels, str(path),
-                                                        line)}
+                                                        line), "speaker": speaker or None}
     if not out:
         raise PlotError(f"{path}: the truth table has no rows")
     return key, out

@@ -36,6 +36,7 @@ from agegender_sb.loading.checkpoint import load_state_dict_file, load_wav2vec2_
 from agegender_sb.loading.config import architecture_fields
 from agegender_sb.loading.sources import load_weights, resolve_source
 from agegender_sb.model.encoder import Wav2Vec2Encoder
+from agegender_sb.report.calibration import Calibration
 from agegender_sb.training.data import read_segment
 from agegender_sb.training.losses import multitask_loss
 from agegender_sb.training.metrics import AgeGenderStats
@@ -170,7 +171,26 @@ def _check_results(out, manifests):
     assert results["n_utterances"] == len(rows)
     for key, value in _metrics_from_rows(rows, results["labels"]).items():
         assert results[key] == pytest.approx(value, abs=1e-4)
+    _check_calibration(out, results, rows)
     return results, rows
+
+
+def _check_calibration(out, results, rows):
+    """The exported calibration.json is the exported model's (loading it checks the
+    fingerprint) and results.json's test coverage is the share of test ages within it."""
+    path = out / "model" / "calibration.json"
+    assert (results["calibration"] is not None) == path.exists()
+    if not path.exists():
+        return
+    clf = AgeGenderClassifier.from_hparams(source=str(out / "model"), savedir=str(out / "c"))
+    cal = Calibration.load(path)
+    assert clf.calibration.digest() == cal.digest() and cal.fingerprint == clf.fingerprint
+    for level, got in results["calibration"]["test"].items():
+        q = cal.kinds["file"]["groups"]["all"]["half_width"][level]
+        aged = [r for r in rows if r["true_age"]]
+        cover = sum(abs(float(r["age"]) - float(r["true_age"])) <= q for r in aged) / len(aged)
+        assert got["coverage"]["value"] == pytest.approx(cover, abs=1e-12)
+        assert got["coverage"]["n"] == len(aged)
 
 
 # ----------------------------------------------------------------------------- unit tests
@@ -455,10 +475,11 @@ def test_torchrun_two_processes_gloo(manifests, tiny_checkpoint, tmp_path):
                      "--distributed_backend", "gloo", "--freeze", "feature_extractor",
                      "--lr_encoder", "0.001", "--max_batch_seconds", "2.0",
                      "--eval_batch_size", "3", "--ckpt_interval_minutes", "0",
-                     "--ckpt_interval_steps", "1")
+                     "--ckpt_interval_steps", "1", "--calibration_coverage", "[0.5, 0.8]")
     _run(_torchrun(cmd), timeout=150)
     _check_ddp_counts(out, manifests["valid"], manifests["test"])
-    _check_results(out, manifests)
+    results, _ = _check_results(out, manifests)
+    assert results["calibration"]["n_fitted"] > 0  # every rank's valid predictions
     enc = load_state_dict_file(out / "model" / "encoder.ckpt")
     for key, value in conv_before.items():  # feature extractor frozen
         torch.testing.assert_close(enc["model.feature_extractor." + key], value, rtol=0, atol=0)
