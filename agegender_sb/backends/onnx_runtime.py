@@ -210,6 +210,8 @@ class OnnxModel(nn.Module):
                         OnnxAgeGender(source, providers=providers, threads=threads,
                                       prepack=prepack))
         self.labels = self.session.labels
+        #: Fingerprint of the model the graph records being exported from (None: not recorded).
+        self.exported_from = self.session.exported_from
 
     def forward(self, wavs: torch.Tensor, wav_lens: torch.Tensor | None = None):
         from agegender_sb.model.network import ModelOutput

@@ -333,7 +333,7 @@ class AgeGenderClassifier(EncoderClassifier):
         """
         result = self.analyse(path, **settings)
         if result.prediction is None:
-            raise NoSpeechError(f"{path}: {result.error}")
+            raise NoSpeechError(f"{path}: {result.message}")
         return result.prediction
 
     def predict_segments(self, path, segments, **settings):
@@ -413,36 +413,10 @@ class AgeGenderClassifier(EncoderClassifier):
             ``speaker``) before joining on the index: a speaker with one turn has the same
             span as that turn.
         """
-        try:
-            import pandas as pd
-        except ImportError as err:
-            raise ImportError('predict_table needs pandas: pip install "agegender_sb[table]"'
-                              ) from err
-        from tqdm import tqdm
+        from agegender_sb.batch.frames import table_frame
 
-        from agegender_sb.batch.inputs import resolve_inputs
-        from agegender_sb.batch.runner import BatchRunner
-        from agegender_sb.batch.tables import columns
-
-        if isinstance(inputs, (str, os.PathLike)):
-            inputs = [inputs]
-        cal = self._table_calibration(calibration, age_bands)
-        resolved = resolve_inputs(inputs, rttm, speakers)
-        analyzer = self.analyzer(**settings)
-        with tqdm(total=len(resolved.items), disable=not progress, unit="file") as bar:
-            runner = BatchRunner(analyzer, resolved, {}, segments,
-                                 progress=lambda _: bar.update(1), calibration=cal)
-            rows = runner.run_to_rows(precise=precise).rows
-        extra = cal.extra_columns() if cal is not None else ()
-        cols = [c for c in columns(self.labels, extra) if c not in ("start", "end")]
-        spans = [r.get("_span") or (r.get("start") or 0.0, r.get("end")) for r in rows]
-        frame = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
-        index = pd.MultiIndex.from_arrays([
-            [r.get("path") or "" for r in rows],
-            pd.to_timedelta([s for s, _ in spans], unit="s"),
-            pd.to_timedelta([float("nan") if e is None else e for _, e in spans], unit="s"),
-        ], names=["file", "start", "end"])
-        return frame.set_index(index)
+        return table_frame(self, inputs, segments, speakers, rttm, precise, progress,
+                           self._table_calibration(calibration, age_bands), **settings)
 
     def _table_calibration(self, calibration, age_bands):
         from agegender_sb.report.calibration import model_calibration

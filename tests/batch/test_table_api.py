@@ -12,6 +12,7 @@ independently from the CSV's ``path``, ``start`` and ``end`` columns.
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -68,11 +69,18 @@ def _empty(value) -> bool:
 
 
 def _assert_same(cli: pd.DataFrame, api: pd.DataFrame) -> None:
-    """Cell by cell, then the index (built here from the CSV's own columns)."""
-    assert list(api.columns) == list(cli.columns)
+    """Cell by cell, then the index (built here from the CSV's own columns); the usual pandas
+    operations on the frame: reset_index, a CSV round trip."""
+    # start and end are in the index (audformat's convention), not repeated as columns
+    assert list(api.columns) == [c for c in cli.columns if c not in ("start", "end")]
+    flat = api.reset_index()
+    assert list(flat.columns[:3]) == ["file", "start", "end"]
+    assert len(flat) == len(cli)
+    back = pd.read_csv(io.StringIO(api.to_csv()), index_col=["file", "start", "end"])
+    assert list(back.columns) == list(api.columns) and len(back) == len(api)
     assert len(api) == len(cli), (len(api), len(cli))
     for i in range(len(cli)):
-        for col in cli.columns:
+        for col in api.columns:
             text, value = cli[col].iloc[i], api[col].iloc[i]
             where = f"row {i} ({cli['path'].iloc[i]!r}, {cli['speaker'].iloc[i]!r}), {col}"
             if text == "":
@@ -110,7 +118,7 @@ def _assert_same(cli: pd.DataFrame, api: pd.DataFrame) -> None:
     # within each kind of row (file rows, window/turn rows, a file's speaker rows) the index
     # is unique, as audformat's segmented index is; kinds are told apart by the columns
     has_file = [not _empty(f) for f in api.index.get_level_values("file")]
-    segment = [not _empty(x) for x in api["start"]]
+    segment = [not _empty(x) for x in cli["start"].replace("", None)]
     speaker = [not _empty(x) for x in api["speaker"]]
     for kind in ((True, False, False), (True, True, False), (True, True, True),
                  (True, False, True)):
@@ -144,8 +152,8 @@ def test_windows_with_segments(clf, corpus, tiny_checkpoint, tmp_path):
     api = clf.predict_table(inputs, segments=True, vad=None, max_whole=2, window=2)
     _assert_same(cli, api)
     # 5 s in 2 s windows: 0-2, then 2-5 (a last window under 3 s joins the previous one)
-    assert cli["start"].tolist()[:2] == ["0.0", "2.0"] and cli["end"].tolist()[:2] == [
-        "2.0", "5.0"]
+    assert cli["start"].tolist()[:2] == ["0.000", "2.000"] and cli["end"].tolist()[:2] == [
+        "2.000", "5.000"]
 
 
 def test_segment_list_and_speakers(clf, corpus, tiny_checkpoint, tmp_path):
@@ -234,7 +242,8 @@ def test_docs_python_examples(clf, corpus, tmp_path):
     spk = tmp_path / "utt2spk"
     spk.write_text("a s1\nb s1\nc s2\n")
     table = clf.predict_table([d / "s1", d / "s2"], speakers=spk, vad=None)
-    files = table[table["speaker"].isna() & table["start"].isna()]
+    files = table[table["speaker"].isna() & table["path"].notna()
+                  & table.index.get_level_values("end").isna()]
     speakers = table[table["path"].isna()]
     assert files["path"].tolist() == [f["a"], f["b"], f["c"]]
     assert speakers["speaker"].tolist() == ["s1", "s2"]

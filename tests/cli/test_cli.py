@@ -222,7 +222,7 @@ def test_long_file_segments_and_pooling(clf, corpus, tiny_checkpoint, tmp_path):
     assert _predict(corpus["good"][1], "--source", tiny_checkpoint, "-o", out2, "--segments",
                     "--max-whole", "0", "--window", "1", "--hop", "0.5") == 0
     starts = [r["start"] for r in _read(out2)[:-1]]
-    assert starts == ["0.0", "0.5", "1.0"]  # 2.5 s: 0-1, 0.5-1.5, 1.0-2.5 (tail merged)
+    assert starts == ["0.000", "0.500", "1.000"]  # 2.5 s: 0-1, 0.5-1.5, 1.0-2.5 (tail merged)
 
 
 def test_batch_size_does_not_change_results(corpus, tiny_checkpoint, tmp_path):
@@ -270,11 +270,10 @@ def test_resume_retries_failed_files_and_checks_columns(corpus, tiny_checkpoint,
     _noise(late, 1.2, seed=9)
     assert _predict(corpus["good"][0], late, "--source", tiny_checkpoint, "-o", out,
                     "--resume") == 0
-    after = out.read_text()
-    assert after.startswith(before)
+    assert _read(out)[0] == json.loads(before.splitlines()[0])  # the finished file kept
     rows = _read(out)
-    assert [r["path"] for r in rows] == [corpus["good"][0], str(late), str(late)]
-    assert rows[1]["error"] and rows[2]["error"] is None  # the last row for a path wins
+    assert [r["path"] for r in rows] == [corpus["good"][0], str(late)]
+    assert rows[1]["error"] is None  # the retried file's row replaces its error row
     # a table with other columns (its record in place) cannot be resumed
     other = tmp_path / "other.csv"
     assert _predict(late, "--source", tiny_checkpoint, "-o", other) == 0
@@ -643,7 +642,7 @@ def test_segment_list_and_rttm_turns(clf, tiny_checkpoint, tmp_path):
     assert a.read_text() == b.read_text()
     rows = _read(a)
     assert [(r["path"], r["speaker"], r["start"]) for r in rows] == [
-        (str(meet), "A", "0.0"), (str(meet), "B", "2.0"), (str(meet), "A", "4.5"),
+        (str(meet), "A", "0.000"), (str(meet), "B", "2.000"), (str(meet), "A", "4.500"),
         (str(meet), "A", ""), (str(meet), "B", ""), (str(meet), "", "")]
     whole = load_audio(meet)
     preds = [clf.predict_batch(whole[int(s * 16000) : int(e * 16000)]) for s, e, _ in turns]
@@ -702,7 +701,7 @@ def test_output_that_is_an_input_is_refused(tiny_checkpoint, tmp_path, capsys, k
     before = {p: p.read_bytes() for p in d.rglob("*") if p.is_file()}
     capsys.readouterr()
     assert _predict(*args, "--source", tiny_checkpoint, "-o", output) == 2
-    assert "is an input" in capsys.readouterr().err
+    assert "is read by this run" in capsys.readouterr().err
     after = {p: p.read_bytes() for p in d.rglob("*") if p.is_file()}
     assert after == before  # the input byte-identical, nothing written beside it
 
@@ -713,9 +712,10 @@ def test_second_writer_is_refused_while_the_lock_is_held(corpus, tiny_checkpoint
 
     out = tmp_path / "out.csv"
     assert _predict(corpus["good"][0], "--source", tiny_checkpoint, "-o", out) == 0
-    before = _snapshot(tmp_path)
+    assert not (tmp_path / "out.csv.lock").exists()  # removed when the run ended
     lock = FileLock(str(out) + ".lock")
     with lock.acquire(timeout=0):
+        before = _snapshot(tmp_path)
         capsys.readouterr()
         for extra in ([], ["--resume"]):
             assert _predict(*corpus["good"], "--source", tiny_checkpoint, "-o", out,
@@ -729,12 +729,14 @@ def test_second_writer_is_refused_while_the_lock_is_held(corpus, tiny_checkpoint
 
 
 @pytest.mark.parametrize("change, field", [
-    (["--window", "2"], "analysis.window"),
-    (["--hop", "2"], "analysis.hop"),
-    (["--max-whole", "10"], "analysis.max_whole"),
-    (["--vad", "energy"], "analysis.detector"),
-    (["--precision", "bf16"], "precision"),
-    ("other-model", "model.fingerprint"),
+    (["--window", "2"], "--window is 4.0 there, 2.0 here"),
+    (["--hop", "2"], "--hop is 4.0 there, 2.0 here"),
+    (["--max-whole", "10"], "--max-whole is 30.0 there, 10.0 here"),
+    (["--vad", "energy"], "the speech detector (--vad and its options)"),
+    (["--trim"], "--trim is False there, True here"),
+    (["--speech-context", "0.25"], "--speech-context is 0.5 there, 0.25 here"),
+    (["--precision", "bf16"], "--precision"),
+    ("other-model", "the model's weights differ"),
 ])
 def test_resume_refuses_a_table_made_by_another_analysis(corpus, tiny_card, tiny_checkpoint,
                                                          tmp_path, capsys, change, field):
