@@ -142,7 +142,8 @@ class BatchRunner:
             groups[file_key(path)] = rows if precise else self._formatted(rows)
             summary.n_analysed += 1
             summary.n_failed += is_failure(rows[-1])
-        summary.rows = self._ordered(groups) + self._derived(groups, summary)
+        derived = self._derived(groups, summary)
+        summary.rows = self._ordered(groups) + (derived if precise else self._formatted(derived))
         return summary
 
     def run_to_stream(self, writer: TableWriter) -> RunSummary:
@@ -189,8 +190,8 @@ class BatchRunner:
         if dist.any_true(problem is not None, self.device):
             raise problem if problem is not None else TableError(
                 f"{output}: cannot be resumed (see rank 0)")
-        if not dist.is_main:  # rank 0 has made the table hold exactly what is kept
-            kept = file_groups(self._read(output, fmt)) if resume else {}
+        if not dist.is_main and resume:  # rank 0 has made the table hold what is kept
+            kept = file_groups(self._read(output, fmt))
         summary.n_kept = len(kept)
         todo = [(p, t) for p, t in self.inputs.items if file_key(p) not in kept]
         mine = todo[dist.rank :: dist.world]
@@ -235,7 +236,9 @@ class BatchRunner:
                 truncate_incomplete(part, self.labels, "jsonl", self.extra)
                 for key, rows in file_groups(self._read(part, "jsonl")).items():
                     kept.setdefault(key, self._formatted(rows))
-            kept = {k: rows for k, rows in kept.items() if not is_failure(rows[-1])}
+            inputs = {file_key(p) for p, _ in self.inputs.items}
+            kept = {k: rows for k, rows in kept.items()  # this run's failures are retried
+                    if not (k in inputs and is_failure(rows[-1]))}
         write_provenance(output, self.record)
         rewrite_table(output, self.labels, fmt, self._ordered(kept), self.extra)
         for part in output.parent.glob(f"{output.name}.part*-of-*.jsonl"):

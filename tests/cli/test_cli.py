@@ -733,8 +733,9 @@ def test_second_writer_is_refused_while_the_lock_is_held(corpus, tiny_checkpoint
     (["--hop", "2"], "--hop is 4.0 there, 2.0 here"),
     (["--max-whole", "10"], "--max-whole is 30.0 there, 10.0 here"),
     (["--vad", "energy"], "the speech detector (--vad and its options)"),
-    (["--trim"], "--trim is False there, True here"),
-    (["--speech-context", "0.25"], "--speech-context is 0.5 there, 0.25 here"),
+    (["--vad", "silero", "--trim"], "--trim is False there, True here"),
+    (["--vad", "silero", "--speech-context", "0.25"],
+     "--speech-context is 0.5 there, 0.25 here"),
     (["--precision", "bf16"], "--precision"),
     ("other-model", "the model's weights differ"),
 ])

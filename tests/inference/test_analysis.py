@@ -292,3 +292,62 @@ def test_model_failure_on_one_file_does_not_stop_the_others(tiny_checkpoint, tmp
     # one file alone: the error is raised, naming it
     with pytest.raises(RuntimeError, match=f"{paths[1]}: the model failed"):
         Analyzer(clf).analyse(paths[1])
+
+
+def test_every_setting_that_decides_the_numbers_is_in_the_record():
+    """The provenance record holds each analysis setting (batch_size excepted: results do not
+    depend on it), so --resume refuses a table made with any other value."""
+    import dataclasses
+
+    from agegender_sb.inference.analysis import AnalysisSettings
+
+    base = AnalysisSettings(detector=_FixedDetector([]))
+    others = {"window": 8.0, "hop": 1.0, "max_whole": 10.0, "min_tail": 1.0,
+              "detector": _FixedDetector([(0, 1)]), "trim": True, "context": 0.25}
+    fields = {f.name for f in dataclasses.fields(AnalysisSettings)} - {"batch_size"}
+    assert set(others) == fields
+    for name, value in others.items():
+        changed = dataclasses.replace(base, **{name: value})
+        assert changed.record() != base.record(), name
+        assert changed.record()[name] != base.record()[name], name
+    assert dataclasses.replace(base, batch_size=4).record() == base.record()
+
+
+class _FixedDetector:
+    """A speech detector that finds the same spans (16 kHz samples) in whatever it is given:
+    it stands in for the detector so that the test can say which samples are speech."""
+
+    def __init__(self, spans):
+        self.spans = list(spans)
+
+    def detect(self, blocks):
+        for _ in blocks:
+            pass
+        return list(self.spans)
+
+    def __repr__(self):
+        return f"_FixedDetector({self.spans})"
+
+
+def test_context_is_kept_around_detected_speech(clf, tmp_path):
+    """A long file with speech at 10-12 s and 20-21 s: the windows cut the speech joined end
+    to end with the context around each region, and the model sees exactly those samples."""
+    sr = 16000
+    x = 0.1 * np.random.RandomState(3).randn(40 * sr).astype(np.float32)
+    path = tmp_path / "long.wav"
+    sf.write(str(path), x, sr)
+    speech = [(10 * sr, 12 * sr), (20 * sr, 21 * sr)]
+    context = 0.5
+    res = Analyzer(clf, detector=_FixedDetector(speech), context=context, max_whole=30
+                   ).analyse(path)
+    span = res.spans[0]
+    regions = [(s - int(context * sr), e + int(context * sr)) for s, e in speech]
+    assert span.windows == ((regions[0][0] / sr, regions[1][1] / sr),)  # one whole pass
+    assert span.speech == 3.0
+    joined = np.concatenate([x[s:e] for s, e in regions])
+    ref = clf.predict_batch(torch.from_numpy(joined))
+    assert torch.allclose(span.prediction.age, ref.age, atol=1e-5)
+    no_context = Analyzer(clf, detector=_FixedDetector(speech), context=0.0, max_whole=30
+                          ).analyse(path).spans[0]
+    assert no_context.windows == ((10.0, 21.0),)
+    assert not torch.allclose(no_context.prediction.age, ref.age, atol=1e-5)
