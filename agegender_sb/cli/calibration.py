@@ -143,18 +143,6 @@ def cmd_calibrate(args) -> int:
 
 
 # ---------------------------------------------------------------------------- evaluate
-def _clean(x):
-    import math
-
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_clean(v) for v in x]
-    return x
-
-
 def evaluation_of(table, truth, kind=None, speakers=None, **options) -> dict:
     """What ``agegender evaluate`` reports, as a dict (``options``: of
     :func:`agegender_sb.report.evaluation.evaluate`).
@@ -202,7 +190,9 @@ def cmd_evaluate(args) -> int:
         error("evaluate", err)
         return 2
     if args.json:
-        print(json.dumps(_clean(result), indent=2))
+        from agegender_sb.report.evaluation import json_safe
+
+        print(json.dumps(json_safe(result), indent=2))
         return 0
     print(f"{result['table']}: {result['n']} {result['kind']} row(s) matched by "
           f"{args.truth} ({result['n_without_prediction']} without a prediction); gender "

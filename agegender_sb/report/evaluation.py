@@ -33,7 +33,8 @@ import math
 
 import numpy as np
 
-__all__ = ["evaluate", "evaluate_pairs", "summary_lines", "band_names", "DEFAULT_EDGES",
+__all__ = [
+    "json_safe","evaluate", "evaluate_pairs", "summary_lines", "band_names", "DEFAULT_EDGES",
            "METRICS"]
 
 #: Default age band edges (years); the last band is open.
@@ -312,3 +313,15 @@ def summary_lines(result: dict, metrics=("mae", "coverage", "acc", "uar", "ece")
         cells = "  ".join(f"{_cell(ms.get(m), digits.get(m, 3)):<21}" for m in shown)
         lines.append(f"{name:<30} {n:>5}  {cells}".rstrip())
     return lines
+
+
+def json_safe(x):
+    """``x`` with non-finite floats as None, recursively through dicts and lists (JSON has
+    no NaN)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [json_safe(v) for v in x]
+    return x

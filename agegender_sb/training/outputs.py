@@ -70,17 +70,6 @@ def remove_incomplete_checkpoints(checkpointer) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------- outputs
-def _clean(x):
-    """JSON-safe: non-finite floats become None, recursively."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_clean(v) for v in x]
-    return x
-
-
 def write_test_outputs(folder, summary: dict, rows: list, labels, make_plots=True,
                        extra: dict | None = None) -> None:
     """``results.json``, ``test_predictions.csv`` and, with matplotlib, two PNG plots.
@@ -112,7 +101,9 @@ def write_test_outputs(folder, summary: dict, rows: list, labels, make_plots=Tru
     rows = sorted(rows, key=lambda r: r["ID"])
     results = {**summary, "labels": list(labels), "n_utterances": len(rows),
                "age_bands_note": "MAE in years per band of the true age", **(extra or {})}
-    (folder / "results.json").write_text(json.dumps(_clean(results), indent=2) + "\n",
+    from agegender_sb.report.evaluation import json_safe
+
+    (folder / "results.json").write_text(json.dumps(json_safe(results), indent=2) + "\n",
                                          encoding="utf-8")
     columns = ["ID", "age", "age_raw", *labels, "gender", "true_age", "true_gender"]
     with open(folder / "test_predictions.csv", "w", newline="", encoding="utf-8") as fout:
