@@ -8,6 +8,7 @@ the one place the network is called.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from pathlib import Path
@@ -97,6 +98,7 @@ class AgeGenderClassifier(EncoderClassifier):
     def _open_onnx(self, onnx_path, threads):
         """Open (exporting first if needed) the ONNX graph of this model, then put it in the
         torch model's place and free the torch weights: one copy of the model in memory."""
+        from .native_memory import pin_mmap_threshold
         from .onnx_export import OnnxModel, _import_onnxruntime, export_onnx, release_weights
 
         if threads is None:  # one thread setting for both backends (--threads, torchrun ranks)
@@ -111,17 +113,24 @@ class AgeGenderClassifier(EncoderClassifier):
         if not onnx_path.is_file():
             logger.info("exporting the model to ONNX: %s (once)", onnx_path)
             export_onnx(self.mods.model, onnx_path, self.labels)
+            gc.collect()  # issue 20: the exporter's clone shares the weights' storage
         providers = None
         if self.device_type == "cuda":
             index = torch.device(self.device).index
             device_id = torch.cuda.current_device() if index is None else index
             providers = [("CUDAExecutionProvider", {"device_id": device_id}),
                          "CPUExecutionProvider"]
+        # issue 20: the torch weights go BEFORE ONNX Runtime reads the graph, so that the two
+        # copies are never in memory together (the command peaked at 1.8x the torch backend's
+        # RSS); the fingerprint is computed above, and on any error below the classifier is
+        # not returned, so nothing needs the torch model any more. The pinned mmap threshold
+        # keeps ONNX Runtime's weight-sized blocks out of glibc's heap (native_memory.py).
+        pin_mmap_threshold()
+        release_weights(self.mods.model)
         model = OnnxModel(onnx_path, providers=providers, threads=threads)
         if model.labels is not None and tuple(model.labels) != self.labels:
             raise CheckpointError(f"{onnx_path}: labels {model.labels} differ from the "
                                   f"model's {self.labels}")
-        release_weights(self.mods.model)
         self.mods.model = model
         self.hparams.model = model
         return model.session
