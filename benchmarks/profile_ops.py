@@ -13,11 +13,15 @@ floating-point operations (counted by ``torch.utils.flop_counter`` on the refere
 attention's two T×T products) at the rate this CPU runs the model's largest product
 (``[T, 1024]·[1024, 4096]``; float32 through MKL or oneDNN, whichever is faster, bfloat16
 through oneDNN's packed product as the bf16 path calls it): no implementation of that
-precision runs a pass faster on this core.
+precision runs a pass faster on this core. Passes and products are timed twice, by the wall
+clock and by the process's CPU time (with one thread, the time it ran: on a shared machine the
+wall clock also counts the time other processes held the core); the share of the floor
+(floor / pass) is given per round, floor and pass measured in the same round.
 
 Usage::
 
     python benchmarks/profile_ops.py --seconds 6 --threads 1 --output ops.md
+    python benchmarks/profile_ops.py --paths reference "package fp32" --repeats 5
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+CLOCKS = {"wall": time.perf_counter, "CPU time": time.process_time}
+PATHS = ("reference", "package fp32", "package bf16", "package int8", "package int8-cnn")
 PARTS = ("CNN feature encoder", "feature projection", "positional conv", "attention",
          "feed-forward", "layer norms (transformer)", "pooling + heads")
 
@@ -94,11 +100,12 @@ def product_flops(model, x, frames: int) -> float:
                      if "attention" not in str(k))) + attention
 
 
-def gemm_rates(frames: int, hidden: int = 1024, inner: int = 4096, repeats: int = 10) -> dict:
+def gemm_rates(frames: int, hidden: int = 1024, inner: int = 4096, repeats: int = 10,
+               clock=time.perf_counter) -> dict:
     """GFLOP/s of ``[frames, hidden]·[hidden, inner]`` with bias, best of ``repeats``: float32
     the faster of ``F.linear`` (MKL) and oneDNN's packed product, and, where oneDNN runs
     bfloat16, its packed bfloat16 product on a bfloat16 input (as the bf16 fast path calls
-    it, without the path's float32 ↔ bfloat16 conversions)."""
+    it, without the path's float32 ↔ bfloat16 conversions), timed by ``clock``."""
     import torch
 
     from agegender_sb.backends.fast_paths import bf16_available
@@ -121,9 +128,9 @@ def gemm_rates(frames: int, hidden: int = 1024, inner: int = 4096, repeats: int 
             for run in candidates:
                 run()
                 for _ in range(repeats):
-                    start = time.perf_counter()
+                    start = clock()
                     run()
-                    best = min(best, time.perf_counter() - start)
+                    best = min(best, clock() - start)
             rates[name] = 2 * frames * hidden * inner / best / 1e9
     return rates
 
@@ -136,6 +143,9 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output")
+    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS,
+                        help="paths to profile (default: all; the bf16 path is slow on CPUs "
+                             "without bfloat16 arithmetic)")
     args = parser.parse_args(argv)
 
     import torch
@@ -156,14 +166,15 @@ def main(argv=None) -> None:
     fp32 = AgeGenderClassifier.from_hparams(source=args.checkpoint).mods.model.eval()
     fast = {kind: enable_fast_path(
         AgeGenderClassifier.from_hparams(source=args.checkpoint).mods.model.eval(), kind)
-        for kind in ("bf16", "int8", "int8-cnn")}
+        for kind in ("bf16", "int8", "int8-cnn") if f"package {kind}" in args.paths}
     rng = np.random.default_rng(0)
     signal = (0.1 * rng.standard_normal(int(args.seconds * 16000))).astype(np.float32)
     y = torch.from_numpy(np.asarray(fe(signal, sampling_rate=16000)["input_values"][0],
                                     dtype=np.float32)).reshape(1, -1)
     x = torch.from_numpy(signal).reshape(1, -1)
-    runs = {"reference": (ref, y), "package fp32": (fp32, x), "package bf16": (fast["bf16"], x),
-            "package int8": (fast["int8"], x), "package int8-cnn": (fast["int8-cnn"], x)}
+    runs = {"reference": (ref, y), "package fp32": (fp32, x)}
+    runs.update({f"package {kind}": (model, x) for kind, model in fast.items()})
+    runs = {name: run for name, run in runs.items() if name in args.paths}
     for model, _ in runs.values():
         annotate(model)
     parts = {n: defaultdict(list) for n in runs}
@@ -173,14 +184,19 @@ def main(argv=None) -> None:
         for model, inp in runs.values():
             model(inp)  # warm-up (caches, oneDNN primitives)
         frames = int(ref.wav2vec2._get_feat_extract_output_lengths(y.shape[-1]))
-        walls, rates = {n: [] for n in runs}, defaultdict(list)
+        # each pass and each GEMM timed twice: wall clock, and this process's CPU time (one
+        # thread: the time it ran, not the time another process held the core)
+        walls = {clock: {n: [] for n in runs} for clock in CLOCKS}
+        rates = {clock: defaultdict(list) for clock in CLOCKS}
         for _ in range(args.repeats):
             for name, (model, inp) in runs.items():  # unprofiled, for the floor table
-                start = time.perf_counter()
+                start = {clock: f() for clock, f in CLOCKS.items()}
                 model(inp)
-                walls[name].append((time.perf_counter() - start) * 1e3)
-            for precision, rate in gemm_rates(frames).items():  # in the same minute
-                rates[precision].append(rate)
+                for clock, f in CLOCKS.items():
+                    walls[clock][name].append((f() - start[clock]) * 1e3)
+            for clock, f in CLOCKS.items():  # in the same minute
+                for precision, rate in gemm_rates(frames, clock=f).items():
+                    rates[clock][precision].append(rate)
             for name, (model, inp) in runs.items():
                 with profile(activities=[ProfilerActivity.CPU]) as prof:
                     model(inp)
@@ -218,19 +234,32 @@ def main(argv=None) -> None:
         lines.append(f"| `{k}` | " + " | ".join(f"{op_med[n].get(k, 0.0):.1f}" for n in names)
                      + " |")
     flops = product_flops(ref, y, frames)
-    wall = {n: float(np.median(v)) for n, v in walls.items()}
+    wall = {n: float(np.median(v)) for n, v in walls["wall"].items()}
     lines += ["", f"Floor: {flops / 1e9:.0f} GFLOP of matrix products per pass, at this core's "
               f"rate for the model's largest product ([{frames}, 1024]·[1024, 4096]; median "
-              "of one measurement per round, between the passes). Unprofiled passes (median "
-              "ms): " + ", ".join(f"{n} {wall[n]:.0f}" for n in names) + ".", "",
-              "| precision | GEMM rate (GFLOP/s) | floor (ms) | reference / floor | "
-              "package path of this precision / floor |", "| --- | ---: | ---: | ---: | ---: |"]
-    for precision, values in rates.items():
-        rate = float(np.median(values))
-        floor_ms = flops / rate / 1e6
-        path = "package bf16" if precision == "bf16" else "package fp32"
-        lines.append(f"| {precision} | {rate:.0f} | {floor_ms:.0f} | "
-                     f"{wall['reference'] / floor_ms:.2f}× | {wall[path] / floor_ms:.2f}× |")
+              "of one best-of-10 measurement per round, between the passes). Unprofiled "
+              "passes (median ms, wall clock): " + ", ".join(f"{n} {wall[n]:.0f}" for n in names)
+              + ". Each row twice: timed by the wall clock, and by the process's CPU time "
+              "(with one thread, the time it ran; on a shared machine the wall clock also "
+              "counts the time other processes held the core).", "",
+              "| precision, clock | GEMM rate (GFLOP/s) | floor (ms) | reference / floor | "
+              "package path of this precision / floor | share of the floor (floor / path; "
+              "median of the rounds [min-max]) |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for clock in CLOCKS:
+        for precision, values in rates[clock].items():
+            rate = float(np.median(values))
+            floor_ms = flops / rate / 1e6
+            path = "package bf16" if precision == "bf16" else "package fp32"
+            passes = walls[clock]
+            cells = [f"{np.median(passes[n]) / floor_ms:.2f}×" if n in passes else "—"
+                     for n in ("reference", path)]
+            if path in passes:  # floor and pass measured in the same round
+                shares = [flops / r / 1e6 / w for r, w in zip(values, passes[path], strict=True)]
+                cells.append(f"{np.median(shares):.2f} [{min(shares):.2f}-{max(shares):.2f}]")
+            else:
+                cells.append("—")
+            lines.append(f"| {precision}, {clock} | {rate:.0f} | {floor_ms:.0f} | "
+                         + " | ".join(cells) + " |")
     text = "\n".join(lines)
     print(text)
     if args.output:

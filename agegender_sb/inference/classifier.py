@@ -9,6 +9,7 @@ the one place the network is called.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from pathlib import Path
@@ -108,6 +109,7 @@ class AgeGenderClassifier(EncoderClassifier):
         ``allow_other``; a graph without that record (audEERING's export, or one of version
         0.2) cannot be checked and is run as given. Either way :attr:`onnx_record` names the
         graph by a hash of its bytes, so a table's record tells graphs apart."""
+        from agegender_sb.backends.native_memory import pin_mmap_threshold
         from agegender_sb.backends.onnx_runtime import (
             OnnxModel,
             graph_fingerprint,
@@ -128,12 +130,20 @@ class AgeGenderClassifier(EncoderClassifier):
         if not onnx_path.is_file():
             logger.info("exporting the model to ONNX: %s (once)", onnx_path)
             export_onnx(self.mods.model, onnx_path, self.labels, fingerprint=self.fingerprint)
+            gc.collect()  # the exporter's clone shares the weights' storage
         providers = None
         if self.device_type == "cuda":
             index = torch.device(self.device).index
             device_id = torch.cuda.current_device() if index is None else index
             providers = [("CUDAExecutionProvider", {"device_id": device_id}),
                          "CPUExecutionProvider"]
+        # The torch weights go BEFORE ONNX Runtime reads the graph, so that the two
+        # copies are never in memory together (the command peaked at 1.8x the torch backend's
+        # RSS); the fingerprint is computed above, and on any error below the classifier is
+        # not returned, so nothing needs the torch model any more. The pinned mmap threshold
+        # keeps ONNX Runtime's weight-sized blocks out of glibc's heap (native_memory.py).
+        pin_mmap_threshold()
+        release_weights(self.mods.model)
         model = OnnxModel(onnx_path, providers=providers, threads=threads)
         if model.labels is not None and tuple(model.labels) != self.labels:
             raise CheckpointError(f"{onnx_path}: labels {model.labels} differ from the "
@@ -146,7 +156,6 @@ class AgeGenderClassifier(EncoderClassifier):
                 "--allow-other-onnx / allow_other_onnx=True to run it anyway")
         self.onnx_record = {"fingerprint": graph_fingerprint(onnx_path),
                             "exported_from": origin}
-        release_weights(self.mods.model)
         self.mods.model = model
         self.hparams.model = model
         return model.session

@@ -385,10 +385,10 @@ def test_a_model_folder_written_by_version_02_loads_and_predicts_the_same(
     old = tmp_path / "old"
     shutil.copytree(folder, old)
     legacy = (text.replace("agegender_sb.model.normalizer.", "agegender_sb.audio.")
-              .replace("agegender_sb.model.encoder.", "agegender_sb.encoder.")
-              .replace("agegender_sb.model.heads.", "agegender_sb.heads.")
-              .replace("agegender_sb.model.network.", "agegender_sb.model.")
-              .replace("agegender_sb.loading.checkpoint.", "agegender_sb.checkpoint."))
+              .replace("agegender_sb.model.encoder.", "agegender_sb.model.encoder.")
+              .replace("agegender_sb.model.heads.", "agegender_sb.model.heads.")
+              .replace("agegender_sb.model.network.", "agegender_sb.model.network.")
+              .replace("agegender_sb.loading.checkpoint.", "agegender_sb.loading.checkpoint."))
     assert "!new:agegender_sb.encoder.Wav2Vec2Encoder" in legacy
     (old / "hyperparams.yaml").write_text(legacy)
     x = 0.1 * torch.randn(2, 16000, generator=torch.Generator().manual_seed(0))
