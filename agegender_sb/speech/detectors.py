@@ -191,6 +191,12 @@ class SpeechDetector(abc.ABC):
         """Scores of frames :meth:`_score` held back (a detector that scores in groups)."""
         return np.zeros(0, dtype=np.float32)
 
+    def _second_opinion(self):
+        """An object that observes the same frames and, where this detector finds no span,
+        scores them for a second look (:class:`~agegender_sb.speech.relative.RelativeLevel`);
+        None by default."""
+        return None
+
     def _score_tail(self, tail: torch.Tensor) -> np.ndarray:
         """Score of the last, partial frame ``[m]`` (``0 < m < FRAME_SAMPLES``) -> ``[1]``.
 
@@ -221,6 +227,7 @@ class SpeechDetector(abc.ABC):
         """
         with self._lock, self._running(), torch.no_grad():
             self._reset()
+            second = self._second_opinion()
             scores: list[np.ndarray] = []
             rest = torch.zeros(0)
             total = 0
@@ -230,22 +237,26 @@ class SpeechDetector(abc.ABC):
                 buffer = torch.cat([rest, block]) if rest.numel() else block
                 whole = buffer.numel() // FRAME_SAMPLES * FRAME_SAMPLES
                 if whole:
-                    scores.append(self._score(buffer[:whole].reshape(-1, FRAME_SAMPLES)))
+                    frames = buffer[:whole].reshape(-1, FRAME_SAMPLES)
+                    scores.append(self._score(frames))
+                    if second is not None:
+                        second.observe(frames)
                 rest = buffer[whole:].clone()
             if rest.numel():
                 scores.append(self._score_tail(rest))
+                if second is not None:
+                    pad = (0, FRAME_SAMPLES - rest.numel())
+                    second.observe(torch.nn.functional.pad(rest, pad)[None])
             scores.append(self._flush())
             if not total:
                 return []
-            return _spans_from_scores(
-                np.concatenate(scores),
-                total,
-                self.threshold,
-                self.neg_threshold,
-                self.min_speech_s,
-                self.min_silence_s,
-                self.speech_pad_s,
+            durations = (self.min_speech_s, self.min_silence_s, self.speech_pad_s)
+            spans = _spans_from_scores(
+                np.concatenate(scores), total, self.threshold, self.neg_threshold, *durations
             )
+            if not spans and second is not None:  # asked only where the detector found none
+                spans = _spans_from_scores(second.scores(), total, 0.5, 0.35, *durations)
+            return spans
 
     def __call__(self, wav: torch.Tensor) -> list[tuple[int, int]]:
         """Speech spans of a whole signal ``[time]``: ``detect([wav])``."""
@@ -319,7 +330,7 @@ class SileroDetector(SpeechDetector):
         Speech probability at or above which a chunk is speech (silero's default 0.5).
     neg_threshold : float, optional
         Probability below which a chunk inside a span is silence; default
-        ``max(threshold - 0.15, 0.01)`` as in silero.
+        ``max(threshold - 0.15, 0.01)`` as in silero (but never above ``threshold``).
     min_speech_s, min_silence_s, speech_pad_s : float
         Seconds: spans not longer than ``min_speech_s`` (0.25) are dropped; a span ends after
         ``min_silence_s`` (0.1) of silence; spans are padded by ``speech_pad_s`` (0.03).
@@ -338,6 +349,12 @@ class SileroDetector(SpeechDetector):
         and 0.6-6 s with 2 on a loaded 2-core machine. While ``detect`` runs, torch work in
         other threads of the process sees this setting too. ``None`` leaves the setting
         alone. Not used by the ``"onnx"`` backend (its session has one thread of its own).
+    fallback : bool
+        Where Silero finds no speech in a whole signal, take a second look (default True):
+        sound at least 20 dB above the signal's own background and not white-noise-like
+        (:class:`~agegender_sb.speech.relative.RelativeLevel`) counts as speech. Silero
+        misses some real speech (a child's breathy utterances, docs/reliability.md);
+        silence, DC, steady noise of any level, white-noise bursts and clicks stay refused.
     """
 
     def __init__(
@@ -349,16 +366,22 @@ class SileroDetector(SpeechDetector):
         speech_pad_s: float = 0.03,
         backend: str = "jit",
         num_threads: int | None = 1,
+        fallback: bool = True,
     ):
-        if neg_threshold is None:
-            neg_threshold = max(threshold - 0.15, 0.01)
+        if neg_threshold is None:  # silero's rule, kept at or below the threshold
+            if not 0.0 < float(threshold) <= 1.0:  # NaN too
+                raise ValueError(f"threshold must be a number in (0, 1], got {threshold!r}")
+            neg_threshold = min(max(threshold - 0.15, 0.01), threshold)
         super().__init__(threshold, neg_threshold, min_speech_s, min_silence_s, speech_pad_s)
+        if not isinstance(fallback, bool):
+            raise ValueError(f"fallback must be True or False, got {fallback!r}")
         if backend not in ("jit", "onnx"):
             raise ValueError(f"backend must be 'jit' or 'onnx', got {backend!r}")
         if num_threads is not None and not (isinstance(num_threads, int) and num_threads > 0):
             raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
         self.backend = backend
         self.num_threads = num_threads
+        self.fallback = fallback
         self._model = None
         self._state = None
 
@@ -388,6 +411,13 @@ class SileroDetector(SpeechDetector):
             yield
         finally:
             torch.set_num_threads(threads)
+
+    def _second_opinion(self):
+        if not self.fallback:
+            return None
+        from agegender_sb.speech.relative import RelativeLevel
+
+        return RelativeLevel()
 
     def _reset(self) -> None:
         model = self._load()
