@@ -10,6 +10,7 @@ the one place the network is called.
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from speechbrain.inference.classifiers import EncoderClassifier
 
 from agegender_sb.audio import NoSpeechError, load_audio, validate_batch
 from agegender_sb.defaults import DEFAULT_SOURCE, DEFAULT_VAD
+from agegender_sb.errors import SettingsError
 from agegender_sb.inference.results import AgeGenderPrediction
 from agegender_sb.loading.checkpoint import CheckpointError, fingerprint
 from agegender_sb.loading.config import setting_fields
@@ -259,6 +261,12 @@ class AgeGenderClassifier(EncoderClassifier):
             if options:
                 raise ValueError("vad_options need a detector name")
             return vad
+        if options is not None and not isinstance(options, dict):
+            raise SettingsError(f"vad_options must be a dict, got {type(options).__name__}")
+        for name, value in (options or {}).items():
+            if not isinstance(value, (numbers.Real, str, type(None))):
+                raise SettingsError(f"vad_options[{name!r}] must be a number, string or None, "
+                                    f"got {type(value).__name__} {value!r}")
         key = (vad.lower(), tuple(sorted((options or {}).items())))
         cache = self.__dict__.setdefault("_detectors", {})
         if key not in cache:  # one detector (and one silero model) per setting
