@@ -35,10 +35,15 @@ def _labels_from_header(path: Path) -> tuple[tuple[str, ...], str]:
 
     fmt = guess_format(path)
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
-            first = fh.readline()
+        with open(path, "rb") as fh:
+            start = fh.read(4096)
     except OSError as err:
         raise PlotError(f"{path}: cannot read the table ({err})") from err
+    if b"\x00" in start:  # audio (RIFF/WAVE, FLAC, ...) or another binary file
+        raise PlotError(f"{path}: a binary file, not a table written by agegender predict "
+                        "(plot draws a CSV or JSONL table: agegender predict ... -o TABLE, "
+                        "then agegender plot TABLE)")
+    first = start.split(b"\n", 1)[0].decode("utf-8", errors="surrogateescape").rstrip("\r")
     if fmt == "csv":
         names = next(csv.reader([first]), [])
     else:
@@ -129,7 +134,7 @@ def read_truth(path: str | os.PathLike, labels) -> tuple[str, dict]:
     ------
     PlotError
         Naming the file (and line): no key column, neither ``age`` nor ``gender``, an age
-        that is not a number, a gender that names no label.
+        that is not a finite number, a gender that names no label.
     """
     path = Path(path)
     try:
@@ -152,6 +157,9 @@ def read_truth(path: str | os.PathLike, labels) -> tuple[str, dict]:
             age = float(age) if age else None
         except ValueError:
             raise PlotError(f"{path}, line {line}: age {age!r} is not a number") from None
+        if age is not None and not math.isfinite(age):
+            raise PlotError(f"{path}, line {line}: age {row.get('age')!r} is not a finite "
+                            "number (leave the cell empty for an unknown age)")
         out[name] = {"age": age, "gender": truth_gender(row.get("gender"), labels, str(path),
                                                         line)}
     if not out:
