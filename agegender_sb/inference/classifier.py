@@ -179,8 +179,8 @@ class AgeGenderClassifier(EncoderClassifier):
             (CPU, torch backend; :mod:`agegender_sb.backends.fast_paths`): ``"bf16"`` (the matrix
             products in bfloat16; for CPUs with AMX or AVX512-BF16), ``"int8"`` (the
             transformer's in int8), ``"auto"`` (bf16 where the CPU has it, else int8;
-            ``clf.fast_path`` says which): faster, not the reference's numbers (README,
-            "Speed").
+            ``clf.fast_path`` says which): faster, not the reference's numbers
+            (docs/speed.md).
 
         Raises
         ------
