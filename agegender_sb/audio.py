@@ -370,4 +370,12 @@ def validate_batch(
     lengths = relative_to_samples(wav_lens, wavs.shape[1])
     for i, n in enumerate(lengths.tolist()):
         check_signal(wavs[i, :n], f"{name}[{i}]")
-    return wavs.float(), wav_lens
+    wavs32 = wavs.float()
+    if wavs.dtype != torch.float32:  # float64 beyond float32's range becomes inf
+        for i, n in enumerate(lengths.tolist()):
+            if not torch.isfinite(wavs32[i, :n]).all():
+                peak = float(wavs[i, :n].abs().max())
+                raise AudioError(f"{name}[{i}]: samples up to {peak:.3g} overflow float32 "
+                                 f"(largest {torch.finfo(torch.float32).max:.3g}); audio "
+                                 "samples are expected within [-1, 1]")
+    return wavs32, wav_lens

@@ -19,7 +19,11 @@ The audio column may hold what any version of ``datasets`` gives:
 - ``{"bytes": ..., "path": ...}`` (``Audio(decode=False)``): the encoded file (any format
   soundfile reads), or the file at ``path`` when ``bytes`` is empty.
 
-``datasets`` itself is not needed by this module.
+``datasets`` itself is not needed by :func:`labeller`. A decoded ``Audio()`` column (what
+``load_dataset`` gives) is decoded by ``datasets`` before ``map`` calls the labeller, which
+needs torchcodec and FFmpeg (``datasets`` >= 4); :func:`label_dataset` avoids that: it reads the
+column undecoded (``Audio(decode=False)``: bytes or paths, read with soundfile) and gives the
+dataset back with the column as it was.
 
 Example
 -------
@@ -44,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Labeller", "labeller", "example_audio"]
+__all__ = ["Labeller", "labeller", "label_dataset", "example_audio"]
 
 
 def example_audio(value, name: str) -> tuple[np.ndarray | None, int | None, bytes | str | None]:
@@ -186,3 +190,39 @@ def labeller(clf, audio_column: str = "audio", **settings) -> Labeller:
         example has no result (``error`` says why).
     """
     return Labeller(clf, audio_column, **settings)
+
+
+def label_dataset(dataset, clf, audio_column: str = "audio", batch_size: int = 16,
+                  map_kwargs: dict | None = None, **settings):
+    """``dataset`` with age and gender columns, decoded ``Audio()`` columns included, without
+    torchcodec or FFmpeg.
+
+    A decoded ``Audio()`` column is cast to ``Audio(decode=False)`` for the labelling (the
+    encoded bytes or the files are read with soundfile, at their own sampling rate, and
+    resampled by the package), then cast back, so the result has the column's original
+    feature. Other columns (undecoded audio, arrays, paths in dicts) go to :func:`labeller`
+    as they are.
+
+    Parameters
+    ----------
+    dataset : datasets.Dataset
+    clf : AgeGenderClassifier
+    audio_column : str
+    batch_size : int
+        Examples per ``map`` batch.
+    map_kwargs : dict, optional
+        More keyword arguments of ``Dataset.map`` (``new_fingerprint``, ``desc``, ...).
+    **settings
+        As :func:`labeller`.
+    """
+    import datasets
+
+    feature = dataset.features.get(audio_column)
+    undecoded = dataset
+    if isinstance(feature, datasets.Audio) and feature.decode:
+        undecoded = dataset.cast_column(audio_column, datasets.Audio(decode=False))
+    out = undecoded.map(labeller(clf, audio_column, **settings), batched=True,
+                        batch_size=batch_size, **(map_kwargs or {}))
+    if undecoded is not dataset:
+        out = out.cast_column(audio_column, feature)
+    return out

@@ -201,7 +201,8 @@ def dataio_prepare(hparams: dict) -> tuple[dict, dict]:
     Each item provides ``sig`` (16 kHz mono; train: a random crop of at most
     ``max_train_seconds``), ``age_target`` (``[1]`` years, float64, NaN if unknown) and
     ``gender_target`` (``[1]`` index into the model's labels, -1 if unknown). Utterances
-    shorter than ``min_seconds`` are dropped and logged.
+    shorter than ``min_seconds`` are dropped and logged; ``max_utterances`` (if not null)
+    keeps the first that many of each split, in manifest order, for quick runs.
 
     Returns
     -------
@@ -237,6 +238,9 @@ def dataio_prepare(hparams: dict) -> tuple[dict, dict]:
         yield torch.tensor([label_index[gender] if gender else -1])
 
     min_seconds = float(hparams["min_seconds"])
+    cap = hparams.get("max_utterances")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise ValueError(f"max_utterances must be a whole number >= 1 (or null), got {cap!r}")
     datasets, dropped = {}, {}
     for split in ("train", "valid", "test"):
         path = hparams[f"{split}_csv"]
@@ -252,8 +256,10 @@ def dataio_prepare(hparams: dict) -> tuple[dict, dict]:
             logger.warning("%s: %d utterances shorter than min_seconds=%g dropped: %s%s", path,
                            len(short), min_seconds, ", ".join(short[:5]),
                            ", ..." if len(short) > 5 else "")
-        data = data.filtered_sorted(sort_key=None if split == "train" else "duration",
-                                    key_min_value={"duration": min_seconds})
+        # the first max_utterances kept (manifest order), then sorted for evaluation
+        data = data.filtered_sorted(key_min_value={"duration": min_seconds}, select_n=cap)
+        if split != "train":
+            data = data.filtered_sorted(sort_key="duration")
         crop = hparams["max_train_seconds"] if split == "train" else None
         sb.dataio.dataset.add_dynamic_item([data], audio_pipeline(crop))
         sb.dataio.dataset.add_dynamic_item([data], label_pipeline)

@@ -3,7 +3,7 @@
 PyTorch computes ``nn.Linear`` on the CPU with its BLAS (MKL in the PyPI wheels), which on some
 processors — AMD EPYC with AVX-512, for one — runs its AVX2 code path. oneDNN, which PyTorch
 also ships, picks its kernels by instruction set, not by vendor (the measured difference is in
-README, "Speed"). :func:`use_onednn_linear` switches a module's Linear
+docs/speed.md). :func:`use_onednn_linear` switches a module's Linear
 layers to oneDNN for inference only; training, autocast, other devices and builds without
 oneDNN take PyTorch's usual path, and parameters and ``state_dict`` keys are unchanged.
 """

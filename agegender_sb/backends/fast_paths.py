@@ -2,7 +2,7 @@
 
 The default path gives the model card's numbers; these give up a little of that for speed,
 only where asked for (``fast_path=`` / ``--fast-path``), and say so in a table's provenance.
-How far they move results, and how fast they are, is measured in README ("Speed") and
+How far they move results, and how fast they are, is measured in docs/speed.md and
 ``benchmarks/RESULTS.md`` (``benchmarks/speed.py``, ``benchmarks/fast_path_fidelity.py``).
 
 - ``"bf16"``: every matrix product of the transformer (attention projections, scaled

@@ -187,7 +187,7 @@ class OnnxModel(nn.Module):
     classifier's ``mods`` (``.to()``, ``.eval()`` are no-ops): ``AgeGenderClassifier(...,
     backend="onnx")`` builds one and drops the torch weights (:func:`release_weights`), so
     the backend holds one copy of the model (``benchmarks/onnx_export_memory.py --backends
-    torch onnx`` compares the two; figures in README).
+    torch onnx`` compares the two; figures in docs/speed.md).
 
     Parameters
     ----------

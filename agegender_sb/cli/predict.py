@@ -54,6 +54,10 @@ def add_parser(sub) -> None:
                         "sample, as the reference)")
     p.add_argument("--vad-threshold", type=probability, default=None,
                    help="speech probability threshold of the silero detector (default 0.5)")
+    p.add_argument("--no-vad-fallback", action="store_true",
+                   help="with --vad silero: take Silero's verdict alone (by default, where "
+                        "Silero finds no speech, a second look at the file's own level "
+                        "decides; docs/reliability.md)")
     p.add_argument("--min-speech", type=seconds(0, False), default=None,
                    help="shortest speech region kept, seconds (default 0.25)")
     p.add_argument("--min-silence", type=seconds(0, False), default=None,
@@ -100,7 +104,7 @@ def add_parser(sub) -> None:
                    help="autocast precision for the torch backend; fp16/bf16 trade fidelity "
                         "for speed (default: %(default)s)")
     p.add_argument("--fast-path", choices=("auto", "bf16", "int8"), default=None,
-                   help="CPU only, faster and not the reference's numbers (see README): "
+                   help="CPU only, faster and not the reference's numbers (docs/speed.md): "
                         "bf16 (matrix products in bfloat16, for CPUs with AMX or "
                         "AVX512-BF16), int8 (the transformer's in int8), auto (bf16 where "
                         "the CPU has it, else int8; the table's record says which)")
@@ -123,6 +127,10 @@ def _detector(args):
                                  ("min_speech_s", args.min_speech),
                                  ("min_silence_s", args.min_silence),
                                  ("speech_pad_s", args.speech_pad)) if v is not None}
+    if args.no_vad_fallback:
+        if args.vad != "silero":
+            raise ValueError("--no-vad-fallback is an option of --vad silero")
+        options["fallback"] = False
     if args.vad == "none" and (options or args.trim):
         raise ValueError("--vad none takes no speech-detection options (--trim, --min-speech, "
                          "...)")

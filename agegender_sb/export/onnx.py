@@ -322,7 +322,7 @@ def export_onnx(
     -----
     The caller's weights are shared, not copied, and written one tensor at a time, so the
     export needs little memory beyond the loaded model; time and peak memory of the full-size
-    export are measured by ``benchmarks/onnx_export_memory.py`` (figures in README).
+    export are measured by ``benchmarks/onnx_export_memory.py`` (figures in docs/speed.md).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -441,7 +441,7 @@ def quantize_onnx_dynamic(src: str | os.PathLike, dst: str | os.PathLike,
                           verbose: bool = False) -> Path:
     """int8 dynamic quantisation of the MatMul weights (``onnxruntime.quantization``).
 
-    Faster on CPU and a quarter of the size, less exact (README's benchmark; check on your data
+    Faster on CPU and a quarter of the size, less exact (docs/speed.md; check on your data
     before relying on it). The metadata of
     ``src`` (labels, what the outputs hold) is carried over. The quantiser's advice logged on
     the root logger ("Please consider to run pre-processing ...") is hidden unless ``verbose``.

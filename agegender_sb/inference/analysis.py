@@ -127,7 +127,7 @@ class AnalysisSettings:
         Seconds of audio kept on both sides of detected speech where it is cut out (windows
         of long spans, ``trim``): utterances carry a little silence at their edges, so with
         it the speech of a long recording is analysed like the same utterances recorded one
-        by one (README, "Real recordings"). Regions closer than twice this are joined.
+        by one (docs/real-recordings.md). Regions closer than twice this are joined.
 
     Example
     -------

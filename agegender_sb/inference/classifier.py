@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import numbers
 import os
 from pathlib import Path
 
@@ -212,8 +213,8 @@ class AgeGenderClassifier(EncoderClassifier):
             (CPU, torch backend; :mod:`agegender_sb.backends.fast_paths`): ``"bf16"`` (the matrix
             products in bfloat16; for CPUs with AMX or AVX512-BF16), ``"int8"`` (the
             transformer's in int8), ``"auto"`` (bf16 where the CPU has it, else int8;
-            ``clf.fast_path`` says which): faster, not the reference's numbers (README,
-            "Speed").
+            ``clf.fast_path`` says which): faster, not the reference's numbers
+            (docs/speed.md).
 
         Raises
         ------
@@ -306,10 +307,12 @@ class AgeGenderClassifier(EncoderClassifier):
             if options:
                 raise ValueError("vad_options need a detector name")
             return vad
-        bad = {k: v for k, v in (options or {}).items()
-               if isinstance(v, bool) or not isinstance(v, (int, float))}
-        if bad:
-            raise SettingsError(f"vad_options take numbers, got {bad}")
+        if options is not None and not isinstance(options, dict):
+            raise SettingsError(f"vad_options must be a dict, got {type(options).__name__}")
+        for name, value in (options or {}).items():
+            if not isinstance(value, (numbers.Real, str, type(None))):
+                raise SettingsError(f"vad_options[{name!r}] must be a number, string or None, "
+                                    f"got {type(value).__name__} {value!r}")
         key = (vad.lower(), tuple(sorted((options or {}).items())))
         cache = self.__dict__.setdefault("_detectors", {})
         if key not in cache:  # one detector (and one silero model) per setting

@@ -119,8 +119,11 @@ def _count_parameters(path: Path) -> int:
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            shapes = [handle.get_slice(k).get_shape() for k in handle.keys()]
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                shapes = [handle.get_slice(k).get_shape() for k in handle.keys()]
+        except Exception as err:  # SafetensorError: truncated, empty, not a safetensors file
+            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
     else:
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)

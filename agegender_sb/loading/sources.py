@@ -226,7 +226,7 @@ class _Fetcher:
         self.strategy = local_strategy or LocalStrategy.SYMLINK
         self.offline = not self.config.allow_network or bool(os.environ.get("HF_HUB_OFFLINE"))
         if not self.offline and not _hub_reachable():
-            logger.warning("%s: the Hugging Face hub (%s) cannot be reached; using the local "
+            logger.warning("%s: the Hugging Face hub (%s) cannot be reached; looking in the local "
                            "cache", source, _hub_host())
             self.config = dataclasses.replace(self.config, allow_network=False)
             self.offline = True
@@ -273,7 +273,8 @@ def resolve_source(
     source : str or PathLike
         Local folder or hub id (``owner/name``).
     savedir : str or PathLike, optional
-        Where hub files are linked or copied (SpeechBrain's ``fetch``).
+        Where the model's files are linked or copied (SpeechBrain's ``fetch``; for hub ids
+        and local folders alike), so that the savedir is itself a source.
     fetch_config : speechbrain.utils.fetching.FetchConfig, optional
         Token, revision, offline mode, cache folder.
     local_strategy : speechbrain.utils.fetching.LocalStrategy, optional
@@ -303,6 +304,9 @@ def resolve_source(
                                        *(f"{m}.ckpt" for m in MODULE_FILES),
                                        CALIBRATION_FILE)
                  if (path / n).is_file()}
+        if savedir is not None:  # as SpeechBrain's fetch: the files linked (or copied) there
+            files = _link_local(path, files, savedir, local_strategy)
+            path = Path(savedir)
         get = files.get
         if hparams_file in files:
             return _speechbrain_source(source, files, trust_remote_code, hparams_file,
@@ -324,6 +328,27 @@ def resolve_source(
             files[name] = found
             break
     return _transformers_source(source, files, files.get)
+
+
+def _link_local(folder: Path, files: dict, savedir, local_strategy) -> dict:
+    """Link (or copy, per ``local_strategy``; default symlink) a local model's files into
+    ``savedir`` with SpeechBrain's ``fetch``, as it does for hub sources; return their new
+    paths. ``preprocessor_config.json`` goes along where present."""
+    from speechbrain.utils.fetching import LocalStrategy, fetch
+
+    strategy = local_strategy or LocalStrategy.SYMLINK
+    names = [*files, *(["preprocessor_config.json"]
+                       if (folder / "preprocessor_config.json").is_file() else [])]
+    out = {}
+    for name in names:
+        try:
+            linked = Path(fetch(name, str(folder.resolve()), savedir=savedir,
+                                local_strategy=strategy))
+        except OSError as err:
+            raise SourceError(f"{savedir}: cannot put {name} there ({err})") from err
+        if name in files:
+            out[name] = linked
+    return out
 
 
 def _local(folder: Path, name: str) -> Path:

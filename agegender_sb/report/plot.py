@@ -1,6 +1,6 @@
 """A corpus report from a table ``agegender predict`` wrote: ``agegender plot``.
 
-Panels:
+Panels (only those there is something for; no placeholders):
 
 1. the predicted age distribution per predicted gender, over the table's voices: one per
    file, or, for a file analysed in speaker turns, one per speaker of the file;
@@ -10,7 +10,13 @@ Panels:
 3. with a truth table (a ``path`` or ``speaker`` column and ``age`` and/or ``gender``
    columns), the predicted against the true age with the identity line, and
 4. the gender confusion matrix, with MAE, accuracy and UAR from
-   :class:`agegender_sb.training.metrics.AgeGenderStats` (the training recipe's metric code).
+   :class:`agegender_sb.training.metrics.AgeGenderStats` (the training recipe's metric code),
+5. and the age MAE per true age band.
+
+Below them: how many files were answered, had no speech, or failed, and the model and
+settings from the table's provenance record (``<table>.agegender.json``). With a speakers
+file (``--speakers``) and a table made without ``agegender predict --speakers``, the speakers
+are pooled here from the file rows, as the command pools them.
 
 matplotlib is optional (``pip install "agegender_sb[plots]"``); the table is read with
 :func:`agegender_sb.batch.tables.read_table` (no pandas needed).
@@ -23,6 +29,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agegender_sb.report.context import outcome_counts, pooled_speaker_rows, provenance_lines
 from agegender_sb.report.scoring import (
     PlotError,
     has_age,
@@ -54,9 +61,14 @@ class Report:
     #: evaluate``'s numbers: per group, with bootstrap intervals)
     evaluation: dict | None = None
 
+    counts: dict = field(default_factory=dict)
+    panels: list = field(default_factory=list)
+
     def summary_lines(self) -> list[str]:
         """The lines ``agegender plot`` prints."""
         lines = [f"{self.n_voices} voice(s), {self.n_speakers} speaker(s) drawn"]
+        if self.counts:
+            lines.append(counts_text(self.counts))
         m = self.metrics
         if m is not None:
             lines.append(f"truth ({self.truth_key}): {self.n_matched} row(s) matched")
@@ -73,6 +85,24 @@ class Report:
 
             lines += summary_lines(self.evaluation)
         return lines + self.notes
+
+
+def counts_text(counts: dict) -> str:
+    """``files: 40 answered, 2 no speech, 1 error(s)``."""
+    return (f"files: {counts['answered']} answered, {counts['no speech']} without speech, "
+            f"{counts['errors']} error(s)")
+
+
+def _check_output(output) -> None:
+    """Refuse an image format matplotlib cannot write, before anything is drawn."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(output).suffix.lower().lstrip(".")
+    if suffix not in formats:
+        what = f"unknown image format '.{suffix}'" if suffix else "no image format suffix"
+        raise PlotError(f"{output}: {what}; use one of: "
+                        f"{', '.join('.' + f for f in sorted(formats))}")
 
 
 def _figure_class():
@@ -199,6 +229,25 @@ def _age_scatter(ax, metrics) -> None:
     ax.legend(loc="upper left")
 
 
+def _band_mae(ax, metrics) -> None:
+    bands = [k for k, n in metrics["n_per_band"].items() if n]
+    values = [metrics["mae_per_band"][k] for k in bands]
+    bars = ax.bar(range(len(bands)), values, color="tab:blue", alpha=0.8)
+    for bar, band in zip(bars, bands):
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(),
+                f"{metrics['mae_per_band'][band]:.1f}\nn={metrics['n_per_band'][band]}",
+                ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(bands)))
+    ax.set_xticklabels([f"{b} y" for b in bands])
+    ax.set_xlabel("true age band")
+    ax.set_ylabel("MAE (years)")
+    ax.set_ylim(0, max(values) * 1.25 + 1)
+    ax.axhline(metrics["mae"], color="0.4", ls="--", lw=1,
+               label=f"all: {metrics['mae']:.2f} years")
+    ax.legend(loc="upper left")
+    ax.set_title("Age MAE per true age band")
+
+
 def _confusion(ax, metrics) -> None:
     labels, cm = metrics["labels"], metrics["confusion"]
     if not metrics["n_gender"]:
@@ -254,6 +303,7 @@ def plot_report(table: str | os.PathLike, output: str | os.PathLike, truth=None,
         For a table or truth file that cannot be used (naming the file).
     """
     Figure = _figure_class()
+    _check_output(output)
     from agegender_sb.batch.inputs import InputError, read_speakers
 
     rows, labels = read_predictions(table)
@@ -263,12 +313,21 @@ def plot_report(table: str | os.PathLike, output: str | os.PathLike, truth=None,
             spk_map = read_speakers(speakers)
         except InputError as err:
             raise PlotError(str(err)) from err
+    notes = []
+    if spk_map is not None and not any(row_kind(r) == "speaker" for r in rows):
+        pooled = pooled_speaker_rows(rows, spk_map, labels)
+        if not pooled:
+            raise PlotError(f"{speakers}: none of the files of {table} is in it")
+        rows = rows + pooled
+        notes.append(f"note: {len(pooled)} speaker(s) pooled here from the table's file rows "
+                     "(by seconds of speech, as agegender predict --speakers does)")
     voice_rows = voices(rows)
     groups = _speaker_groups(rows, spk_map)
     kinds = {row_kind(r) for r in rows}
     spread_of = ("their files" if "speaker" in kinds else
                  "their turns" if "file-speaker" in kinds else "their windows")
-    report = Report(Path(output), len(voice_rows), len(groups))
+    report = Report(Path(output), len(voice_rows), len(groups), notes=notes,
+                    counts=outcome_counts(rows))
     if "speaker" in kinds and spk_map is None:
         report.notes.append("note: speaker rows drawn without the spread of their files "
                             "(give the --speakers file to draw it)")
@@ -287,17 +346,30 @@ def plot_report(table: str | os.PathLike, output: str | os.PathLike, truth=None,
         report.evaluation = evaluate_pairs(pairs, labels, spk)
 
     colors = _colors(labels)
-    n_rows = 2 if metrics is not None else 1
-    height = max(4.8, 0.22 * min(len(groups), MAX_SPEAKERS) + 1.5)
-    fig = Figure(figsize=(13, height + (5.2 if metrics else 0)), layout="constrained")
-    axes = fig.subplots(n_rows, 2, squeeze=False,
-                        gridspec_kw={"height_ratios": [height, 5.2][:n_rows]})
-    _age_distribution(axes[0][0], voice_rows, labels, colors)
-    _speakers(axes[0][1], groups, colors, spread_of)
+    # Only the panels there is something for, two per row; an odd last one spans the row.
+    panels = [("ages", lambda ax: _age_distribution(ax, voice_rows, labels, colors))]
+    if groups:
+        panels.append(("speakers", lambda ax: _speakers(ax, groups, colors, spread_of)))
     if metrics is not None:
-        _age_scatter(axes[1][0], metrics)
-        _confusion(axes[1][1], metrics)
+        panels.append(("scatter", lambda ax: _age_scatter(ax, metrics)))
+        panels.append(("confusion", lambda ax: _confusion(ax, metrics)))
+        if metrics["n_age"]:
+            panels.append(("bands", lambda ax: _band_mae(ax, metrics)))
+    names = [name for name, _ in panels]
+    report.panels = names
+    layout = [names[i:i + 2] if i + 1 < len(names) else [names[i]] * 2
+              for i in range(0, len(names), 2)]
+    height = max(4.8, 0.22 * min(len(groups), MAX_SPEAKERS) + 1.5) if groups else 4.8
+    heights = [height if "speakers" in row else 5.2 if i else 4.8
+               for i, row in enumerate(layout)]
+    context = [counts_text(report.counts), *provenance_lines(table)]
+    fig = Figure(figsize=(13, sum(heights) + 0.25 * len(context) + 0.6),
+                 layout="constrained")
+    axes = fig.subplot_mosaic(layout, gridspec_kw={"height_ratios": heights})
+    for name, draw in panels:
+        draw(axes[name])
     fig.suptitle(title or f"agegender report: {Path(table).name}", fontsize=14)
+    fig.supxlabel("\n".join(context), fontsize=8, ha="left", x=0.01, color="0.25")
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, dpi=dpi)
     return report

@@ -37,10 +37,15 @@ def _labels_from_header(path: Path) -> tuple[tuple[str, ...], tuple[str, ...], s
 
     fmt = guess_format(path)
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
-            first = fh.readline()
+        with open(path, "rb") as fh:
+            start = fh.read(4096)
     except OSError as err:
         raise PlotError(f"{path}: cannot read the table ({err})") from err
+    if b"\x00" in start:  # audio (RIFF/WAVE, FLAC, ...) or another binary file
+        raise PlotError(f"{path}: a binary file, not a table written by agegender predict "
+                        "(plot draws a CSV or JSONL table: agegender predict ... -o TABLE, "
+                        "then agegender plot TABLE)")
+    first = start.split(b"\n", 1)[0].decode("utf-8", errors="surrogateescape").rstrip("\r")
     if fmt == "csv":
         names = next(csv.reader([first]), [])
     else:
@@ -147,7 +152,8 @@ def read_truth(path: str | os.PathLike, labels) -> tuple[str, dict]:
         except ValueError:
             raise PlotError(f"{path}, line {line}: age {age!r} is not a number") from None
         if age is not None and not (math.isfinite(age) and age >= 0):
-            raise PlotError(f"{path}, line {line}: age {age!r} is not a finite number >= 0")
+            raise PlotError(f"{path}, line {line}: age {row.get('age')!r} is not a finite "
+                            "number >= 0 (leave the cell empty for an unknown age)")
         speaker = (row.get("speaker") or "").strip() if key == "path" else name
         out[name] = {"age": age, "gender": truth_gender(row.get("gender"), labels, str(path),
                                                         line), "speaker": speaker or None}

@@ -209,8 +209,9 @@ def turns_from_annotation(annotation) -> list[Turn]:
 def turns_from_tuples(items: Iterable[Sequence]) -> list[Turn]:
     """Speaker turns from ``(start, end)`` or ``(start, end, speaker)`` tuples, in seconds.
 
-    Values are converted (``float(start)``, ``float(end)``, ``str(speaker)`` unless ``None``)
-    and kept in the given order; :func:`check_turns` checks and sorts them.
+    :class:`Turn` objects may stand among them (kept as they are). Values are converted
+    (``float(start)``, ``float(end)``, ``str(speaker)`` unless ``None``) and kept in the
+    given order; :func:`check_turns` checks and sorts them.
 
     Raises
     ------
@@ -219,9 +220,14 @@ def turns_from_tuples(items: Iterable[Sequence]) -> list[Turn]:
 
     >>> turns_from_tuples([(0, 1.5), (2, 3, "b")])
     [Turn(start=0.0, end=1.5, speaker=None), Turn(start=2.0, end=3.0, speaker='b')]
+    >>> turns_from_tuples([Turn(0.0, 1.5, "a"), (2, 3, "b")])
+    [Turn(start=0.0, end=1.5, speaker='a'), Turn(start=2.0, end=3.0, speaker='b')]
     """
     turns = []
     for index, item in enumerate(items):
+        if isinstance(item, Turn):
+            turns.append(item)
+            continue
         try:
             values = tuple(item)
         except TypeError:
@@ -263,7 +269,8 @@ def check_turns(turns: Iterable[Turn], duration: float, name: str) -> list[Turn]
     Raises
     ------
     TurnError
-        Naming ``name`` and the turn: a non-finite start or end, start < 0, end <= start, an
+        No turns at all; naming ``name`` and the turn: a non-finite start or end, start < 0,
+        end <= start, an
         end more than 10 ms past ``duration`` (or a start at or past it), or a turn given
         twice (same start, end and speaker).
 
@@ -278,6 +285,10 @@ def check_turns(turns: Iterable[Turn], duration: float, name: str) -> list[Turn]
     if not (math.isfinite(duration) and duration >= 0):
         raise TurnError(f"{name}: duration must be a finite number of seconds >= 0, got {duration}")
     checked = []
+    turns = list(turns)
+    if not turns:
+        raise TurnError(f"{name}: no speaker turns given (an empty list or Annotation): "
+                        "nothing to analyse (predict_file analyses the whole file)")
     for turn in turns:
         if not isinstance(turn, Turn):
             raise TypeError(f"{name}: expected Turn objects, got {type(turn).__name__}")

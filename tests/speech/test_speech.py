@@ -486,7 +486,8 @@ def test_check_turns_sorts_clips_and_keeps_overlaps():
         Turn(0.0, 6.0, "b"),  # the same span, another speaker: kept
         Turn(5.0, 10.0, "a"),  # overlaps, ends within 10 ms past the end: clipped
     ]
-    assert check_turns([], 3.0, "x") == []
+    with pytest.raises(TurnError, match="^x: no speaker turns given"):
+        check_turns([], 3.0, "x")  # nothing to analyse: said, not an empty result
 
 
 @pytest.mark.parametrize(
