@@ -63,7 +63,7 @@ from agegender_sb.backends.onnx_runtime import (
     PROBS_OUTPUT,
     import_onnxruntime,
 )
-from agegender_sb.defaults import MIN_SAMPLES
+from agegender_sb.defaults import MIN_SAMPLES, SAMPLE_RATE
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -338,7 +338,7 @@ def export_onnx(
     names = output_names(gender_probabilities)
     meta = export_metadata(labels, gender_probabilities, fingerprint)
 
-    n = max(MIN_SAMPLES, int(round(example_seconds * 16000)))
+    n = max(MIN_SAMPLES, int(round(example_seconds * SAMPLE_RATE)))
     example = (torch.randn(1, n, generator=torch.Generator().manual_seed(0)),)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
     try:
@@ -359,7 +359,7 @@ def _export_dynamo(module, example, tmp: Path, final_name: str, opset: int, name
     """torch.export-based exporter; weights streamed to the file one tensor at a time."""
     import onnx_ir as ir
 
-    time_dim = torch.export.Dim("time", min=MIN_SAMPLES, max=16000 * 3600)
+    time_dim = torch.export.Dim("time", min=MIN_SAMPLES, max=SAMPLE_RATE * 3600)
     program = torch.onnx.export(
         module, example, dynamo=True, opset_version=opset,
         input_names=[INPUT_NAME], output_names=names,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from agegender_sb.defaults import SAMPLE_RATE
 from agegender_sb.loading.checkpoint import (
     CheckpointError,
 )
@@ -167,5 +168,5 @@ def describe(source: str | os.PathLike, **resolve_kwargs) -> dict:
         "hidden_size": int(arch["hidden_size"]),
         "attention_heads": int(arch["num_attention_heads"]),
         "parameters": sum(_count_parameters(Path(w)) for w in weights),
-        "sample_rate": int(src.hparams.get("sample_rate", 16000)),
+        "sample_rate": int(src.hparams.get("sample_rate", SAMPLE_RATE)),
     }

@@ -18,18 +18,20 @@ import math
 import os
 from pathlib import Path
 
+from agegender_sb.batch.tables import row_status
+from agegender_sb.inference.results import Status
 from agegender_sb.report.scoring import row_kind
 
 __all__ = ["outcome_counts", "provenance_lines", "pooled_speaker_rows"]
 
-NO_SPEECH = "no speech detected"
 
 
 def outcome_counts(rows: list[dict]) -> dict:
     """Files (rows of kind ``file``) answered, without speech, and failed."""
     files = [r for r in rows if row_kind(r) == "file"]
-    no_speech = sum(1 for r in files if r.get("error") == NO_SPEECH)
-    errors = sum(1 for r in files if r.get("error") and r.get("error") != NO_SPEECH)
+    statuses = [row_status(r) for r in files]
+    no_speech = sum(1 for s in statuses if s in (Status.NO_SPEECH, Status.NO_TURNS))
+    errors = sum(1 for s in statuses if s.is_failure)
     return {"answered": len(files) - no_speech - errors, "no speech": no_speech,
             "errors": errors}
 

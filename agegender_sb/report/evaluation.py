@@ -33,12 +33,15 @@ import math
 
 import numpy as np
 
+from agegender_sb.defaults import AGE_BANDS
+
 __all__ = [
-    "json_safe","evaluate", "evaluate_pairs", "summary_lines", "band_names", "DEFAULT_EDGES",
+    "json_safe", "evaluate", "evaluate_pairs", "summary_lines", "band_names", "DEFAULT_EDGES",
            "METRICS"]
 
 #: Default age band edges (years); the last band is open.
-DEFAULT_EDGES = (0.0, 15.0, 30.0, 45.0, 60.0, math.inf)
+#: Age bands of the evaluation: the package's bands (defaults.AGE_BANDS) from 0 to no end.
+DEFAULT_EDGES = (0.0, *(float(e) for e in AGE_BANDS), math.inf)
 METRICS = ("mae", "rmse", "bias", "coverage", "width", "acc", "uar", "ece", "brier", "nll")
 PROB_FLOOR = 5e-5
 _CELLS = 4_000_000  # replicates x rows per chunk
