@@ -107,9 +107,10 @@ class Distributed:
 def exit_rank(status: int) -> None:
     """End a torchrun rank's process now, its files closed and its output flushed.
 
-    gloo's threads can still be tearing down when the interpreter finalises, which aborts
-    the process ("terminate called without an active exception") and turns a complete run
-    into a failure; leaving with ``os._exit`` after everything is written avoids that.
+    gloo's threads can still be tearing down when the process group is destroyed or the
+    interpreter finalises, which aborts the process ("terminate called without an active
+    exception") and turns a complete run into a failure; once every rank has passed a final
+    barrier with everything written, leaving with ``os._exit`` avoids that teardown.
     """
     import sys
 

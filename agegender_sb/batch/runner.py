@@ -23,7 +23,6 @@ with complete rows, so it never holds half a row or two analyses.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,7 +107,8 @@ class BatchRunner:
 
     # ------------------------------------------------------------------ analysis
     def _analyse(self, items):
-        """``(path, rows, failed)`` per file as it completes; the file's own row last."""
+        """``(path, rows)`` per file as it completes (calibrated when asked); the file's own
+        row last."""
         for path, res in self.analyzer.analyse_many(items):
             rows = [error_row(path, res)] if isinstance(res, Exception) else file_rows(
                 path, res, self.segments)
@@ -264,7 +264,3 @@ class BatchRunner:
             for part in parts:
                 part.unlink()
 
-
-def notify(message: str) -> None:
-    """A note on stderr (duplicates dropped, files without turns, ...)."""
-    print(message, file=sys.stderr, flush=True)

@@ -215,9 +215,11 @@ def cmd_predict(args) -> int:
     device = dist.init(device)
     try:
         status = _run(args, dist, device, settings, fmt, inputs)
-    finally:
+    except BaseException:
         dist.close()
-    if dist.active:  # every file written: leave before gloo's teardown can abort the process
+        raise
+    if dist.active:  # every file written: meet the other ranks, then leave without gloo's
+        dist.barrier()  # teardown, which can abort a process whose work is complete
         exit_rank(status)
     return status
 
