@@ -36,7 +36,7 @@ def table_frame(clf, inputs, segments: bool = False, speakers=None, rttm=None,
     spans = [r.get("_span") or (r.get("start") or 0.0, r.get("end")) for r in rows]
     frame = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
     index = pd.MultiIndex.from_arrays([
-        [r.get("path") or "" for r in rows],
+        [r.get("path") for r in rows],
         pd.to_timedelta([s for s, _ in spans], unit="s"),
         pd.to_timedelta([float("nan") if e is None else e for _, e in spans], unit="s"),
     ], names=["file", "start", "end"])
