@@ -74,7 +74,7 @@ class Inputs:
 
 def _csv_reader(text: str) -> csv.DictReader:
     """A CSV reader whose column names are stripped of spaces (``path, start, end``)."""
-    reader = csv.DictReader(io.StringIO(text, newline=""), skipinitialspace=True)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     reader.fieldnames = [(name or "").strip() for name in (reader.fieldnames or [])]
     return reader
 
