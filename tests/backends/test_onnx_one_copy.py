@@ -115,9 +115,10 @@ def test_pinned_mmap_threshold_returns_freed_blocks_to_the_system():
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    from paths import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     returned = {mode: float(subprocess.run([sys.executable, "-c", _HEAP_PROBE, mode], env=env,
                                            capture_output=True, text=True, check=True).stdout)
                 for mode in ("pin", "dynamic")}

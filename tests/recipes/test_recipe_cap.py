@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import csv
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from paths import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 sys.path.insert(0, str(ROOT / "recipes"))
 
 from train import dataio_prepare  # noqa: E402
