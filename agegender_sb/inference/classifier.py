@@ -9,18 +9,16 @@ the one place the network is called.
 
 from __future__ import annotations
 
-import gc
 import logging
 import numbers
 import os
-from pathlib import Path
 
 import torch
 from speechbrain.inference.classifiers import EncoderClassifier
 
 from agegender_sb.audio import load_audio, validate_batch
 from agegender_sb.defaults import DEFAULT_SOURCE, DEFAULT_VAD
-from agegender_sb.errors import CheckpointError, NoSpeechError, SettingsError, TurnError
+from agegender_sb.errors import NoSpeechError, SettingsError, TurnError
 from agegender_sb.inference.results import AgeGenderPrediction
 from agegender_sb.loading.checkpoint import fingerprint
 from agegender_sb.loading.config import setting_fields
@@ -79,7 +77,9 @@ class AgeGenderClassifier(EncoderClassifier):
         #: records being exported from); None for the torch backend.
         self.onnx_record = None
         if backend == "onnx":
-            self.onnx_session = self._open_onnx(onnx_path, onnx_threads, allow_other_onnx)
+            from agegender_sb.inference.onnx_backend import attach_onnx
+
+            self.onnx_session = attach_onnx(self, onnx_path, onnx_threads, allow_other_onnx)
         self.fast_path = None
         if fast_path is not None:
             from agegender_sb.backends.fast_paths import enable_fast_path, resolve_fast_path
@@ -101,65 +101,6 @@ class AgeGenderClassifier(EncoderClassifier):
         if self._fingerprint is None:
             self._fingerprint = fingerprint({"model": self.mods.model}, self.labels)
         return self._fingerprint
-
-    def _open_onnx(self, onnx_path, threads, allow_other: bool = False):
-        """Open (exporting first if needed) the ONNX graph of this model, then put it in the
-        torch model's place and free the torch weights: one copy of the model in memory.
-
-        A graph that records being exported from other weights is refused unless
-        ``allow_other``; a graph without that record (audEERING's export, or one of version
-        0.2) cannot be checked and is run as given. Either way :attr:`onnx_record` names the
-        graph by a hash of its bytes, so a table's record tells graphs apart."""
-        from agegender_sb.backends.native_memory import pin_mmap_threshold
-        from agegender_sb.backends.onnx_runtime import (
-            OnnxModel,
-            graph_fingerprint,
-            import_onnxruntime,
-            release_weights,
-        )
-        from agegender_sb.export.onnx import export_onnx
-
-        if threads is None:  # one thread setting for both backends (--threads, torchrun ranks)
-            threads = torch.get_num_threads()
-        import_onnxruntime()  # fail early, with the install hint, before a long export
-        self.fingerprint  # noqa: B018 -- hashed now, while the torch weights exist
-        if onnx_path is None:
-            folder = Path(getattr(self.hparams, "savedir", None) or
-                          Path.home() / ".cache" / "agegender_sb" / "onnx")
-            onnx_path = folder / f"agegender-{self.fingerprint}.onnx"
-        onnx_path = Path(onnx_path)
-        if not onnx_path.is_file():
-            logger.info("exporting the model to ONNX: %s (once)", onnx_path)
-            export_onnx(self.mods.model, onnx_path, self.labels, fingerprint=self.fingerprint)
-            gc.collect()  # the exporter's clone shares the weights' storage
-        providers = None
-        if self.device_type == "cuda":
-            index = torch.device(self.device).index
-            device_id = torch.cuda.current_device() if index is None else index
-            providers = [("CUDAExecutionProvider", {"device_id": device_id}),
-                         "CPUExecutionProvider"]
-        # The torch weights go BEFORE ONNX Runtime reads the graph, so that the two
-        # copies are never in memory together (the command peaked at 1.8x the torch backend's
-        # RSS); the fingerprint is computed above, and on any error below the classifier is
-        # not returned, so nothing needs the torch model any more. The pinned mmap threshold
-        # keeps ONNX Runtime's weight-sized blocks out of glibc's heap (native_memory.py).
-        pin_mmap_threshold()
-        release_weights(self.mods.model)
-        model = OnnxModel(onnx_path, providers=providers, threads=threads)
-        if model.labels is not None and tuple(model.labels) != self.labels:
-            raise CheckpointError(f"{onnx_path}: labels {model.labels} differ from the "
-                                  f"model's {self.labels}")
-        origin = model.exported_from
-        if origin is not None and origin != self.fingerprint and not allow_other:
-            raise CheckpointError(
-                f"{onnx_path}: exported from another model (weights {origin}), not from this "
-                f"one (weights {self.fingerprint}); export it again, or pass "
-                "--allow-other-onnx / allow_other_onnx=True to run it anyway")
-        self.onnx_record = {"fingerprint": graph_fingerprint(onnx_path),
-                            "exported_from": origin}
-        self.mods.model = model
-        self.hparams.model = model
-        return model.session
 
     @classmethod
     def from_hparams(
