@@ -27,7 +27,6 @@ __all__ = [
     "Inputs",
     "file_key",
     "resolve_inputs",
-    "collect_items",
     "read_list_items",
     "read_speakers",
     "SpeakerMap",
@@ -59,8 +58,6 @@ class Inputs:
     reads : list of str
         Every file the inputs name or consist of (audio, list, RTTM and speaker files).
     speakers : SpeakerMap or None
-    rttm : str or None
-        The ``--rttm`` file or folder.
     notes : list of str
         What the user should hear about (files named twice, files without turns).
     """
@@ -68,7 +65,6 @@ class Inputs:
     items: list
     reads: list = field(default_factory=list)
     speakers: SpeakerMap | None = None
-    rttm: str | None = None
     notes: list = field(default_factory=list)
 
 
@@ -211,8 +207,7 @@ def resolve_inputs(inputs: Iterable[str | os.PathLike], rttm=None, speakers=None
     if speakers:
         reads.append(os.fspath(speakers))
         spk_map = read_speakers(speakers)
-    return Inputs(list(out.values()), reads, spk_map, None if rttm is None else str(rttm),
-                  notes)
+    return Inputs(list(out.values()), reads, spk_map, notes)
 
 
 def _apply_rttm(out: dict, rttm: dict, notes: list) -> None:
@@ -239,11 +234,6 @@ def _apply_rttm(out: dict, rttm: dict, notes: list) -> None:
     if without:
         notes.append(f"{len(without)} input(s) have no speaker turns in the RTTM (first: "
                      f"{out[without[0]][0]}); their rows say so")
-
-
-def collect_items(items: Iterable[str | os.PathLike], rttm=None) -> list[tuple[str, list | None]]:
-    """``(path, turns or None)`` of :func:`resolve_inputs` (without speakers)."""
-    return resolve_inputs(items, rttm).items
 
 
 class SpeakerMap:
