@@ -39,6 +39,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from agegender_sb.batch.inputs import file_key
 from agegender_sb.errors import TableError
 from agegender_sb.inference.results import Status
 
@@ -413,8 +414,6 @@ def file_groups(rows: Sequence[dict]) -> dict:
     its own row last) in table order; speaker rows and an unfinished last group left out.
     Keys are :func:`~agegender_sb.batch.inputs.file_key` of the path.
     """
-    from agegender_sb.batch.inputs import file_key
-
     groups: dict = {}
     pending: list = []
     for row in rows:
