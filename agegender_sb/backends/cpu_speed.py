@@ -1,11 +1,11 @@
 """Channels-last wav2vec2 feature encoder and positional convolution for CPU inference.
 
-transformers' wav2vec2 runs its convolutional feature encoder in ``[batch, channels, time]``
-layout and transposes around every layer norm: on a 6 s utterance (24-layer model, one CPU
+wav2vec2 (transformers' and :mod:`agegender_sb.model.wav2vec2`) runs its convolutional feature
+encoder in ``[batch, channels, time]`` layout and transposes around every layer norm: on a 6 s utterance (24-layer model, one CPU
 thread) those layout copies, the layer norms on transposed views and the GELUs allocating fresh
 40 MB outputs cost about 300 ms, as much as all its convolutions. The positional convolution
 recomputes its weight norm on every call (18 ms). :func:`use_fast_cpu_modules` switches, in
-place, the modules of a transformers ``Wav2Vec2Model`` to subclasses that, in CPU float32
+place, the modules of a :class:`~agegender_sb.model.wav2vec2.Wav2Vec2Model` to subclasses that, in CPU float32
 inference only:
 
 - keep the feature encoder in ``[batch, time, channels]`` (channels-last) layout: the first
@@ -16,9 +16,9 @@ inference only:
 - apply the feed-forward's GELU in place (oneDNN's fused GELU post-op measured slower).
 
 The same operations on the same numbers, in another memory order: results agree with
-transformers' modules within float rounding (tested against the model card's code at 1e-4 on
+the plain modules within float rounding (tested against the model card's code at 1e-4 on
 the full chain). Training, autocast, other dtypes and devices, and configurations other than
-the audEERING models' (``feat_extract_norm="layer"``, GELU activations) take transformers' own
+the audEERING models' (``feat_extract_norm="layer"``, GELU activations) take the plain
 ``forward``; parameters and ``state_dict`` keys are unchanged.
 """
 
@@ -28,8 +28,8 @@ import weakref
 
 import torch
 import torch.nn.functional as F
-from transformers.activations import GELUActivation
-from transformers.models.wav2vec2 import modeling_wav2vec2 as w2v
+
+from agegender_sb.model import wav2vec2 as w2v
 
 __all__ = ["FastFeatureEncoder", "FastPositionalConv", "FastFeedForward", "cached", "frames",
            "inference_fp32_cpu", "use_fast_cpu_modules", "plain_torch_modules"]
@@ -67,7 +67,7 @@ def _gelu_inplace(x: torch.Tensor) -> torch.Tensor:
 
 
 class FastFeatureEncoder(w2v.Wav2Vec2FeatureEncoder):
-    """transformers' feature encoder, channels-last in CPU float32 inference.
+    """The feature encoder, channels-last in CPU float32 inference.
 
     The multi-channel convolutions go through :meth:`_multi_channel_weights` and
     :meth:`_multi_channel`, which the opt-in bf16 fast path
@@ -76,8 +76,7 @@ class FastFeatureEncoder(w2v.Wav2Vec2FeatureEncoder):
 
     Example
     -------
-    >>> from transformers import Wav2Vec2Config
-    >>> cfg = Wav2Vec2Config(conv_dim=[8] * 7, feat_extract_norm="layer", conv_bias=True)
+    >>> cfg = w2v.Wav2Vec2Config(conv_dim=[8] * 7, feat_extract_norm="layer", conv_bias=True)
     >>> enc = w2v.Wav2Vec2FeatureEncoder(cfg).eval()
     >>> x = torch.randn(2, 4000)
     >>> with torch.no_grad():
@@ -91,7 +90,7 @@ class FastFeatureEncoder(w2v.Wav2Vec2FeatureEncoder):
     def supported(self) -> bool:
         """Whether this encoder's configuration is the one the channels-last path computes
         (layer-norm convolutions, exact GELU, no padding, dilation or groups)."""
-        return all(type(layer) is w2v.Wav2Vec2LayerNormConvLayer
+        return all(type(layer) is w2v.Wav2Vec2LayerNormConvLayer and layer.norm == "layer"
                    and _is_exact_gelu(layer.activation)
                    and layer.conv.padding == (0,) and layer.conv.dilation == (1,)
                    and layer.conv.groups == 1
@@ -138,7 +137,7 @@ class FastFeatureEncoder(w2v.Wav2Vec2FeatureEncoder):
             x = F.layer_norm(x, layer.layer_norm.normalized_shape, layer.layer_norm.weight,
                              layer.layer_norm.bias, layer.layer_norm.eps)  # float32 inside
             x = _gelu_inplace(x)
-        return x.float().transpose(1, 2)  # [B, C, T] view, as transformers returns it
+        return x.float().transpose(1, 2)  # [B, C, T] view, as the plain encoder returns it
 
 
 def frames(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
@@ -156,14 +155,13 @@ def frames(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
 
 
 class FastPositionalConv(w2v.Wav2Vec2PositionalConvEmbedding):
-    """transformers' positional convolution with its weight norm computed once (until a
+    """The positional convolution with its weight norm computed once (until a
     weight changes), channels-last, in CPU float32 inference.
 
     Example
     -------
-    >>> from transformers import Wav2Vec2Config
-    >>> cfg = Wav2Vec2Config(hidden_size=32, num_conv_pos_embeddings=16,
-    ...                      num_conv_pos_embedding_groups=4)
+    >>> cfg = w2v.Wav2Vec2Config(hidden_size=32, num_conv_pos_embeddings=16,
+    ...                          num_conv_pos_embedding_groups=4)
     >>> pos = w2v.Wav2Vec2PositionalConvEmbedding(cfg).eval()
     >>> h = torch.randn(2, 50, 32)
     >>> with torch.no_grad():
@@ -203,13 +201,13 @@ class FastPositionalConv(w2v.Wav2Vec2PositionalConvEmbedding):
 
 
 class FastFeedForward(w2v.Wav2Vec2FeedForward):
-    """transformers' feed-forward block with its GELU applied in place (no fresh
+    """The feed-forward block with its GELU applied in place (no fresh
     ``[batch, frames, 4096]`` tensor) in CPU float32 inference.
 
     Example
     -------
-    >>> from transformers import Wav2Vec2Config
-    >>> ff = w2v.Wav2Vec2FeedForward(Wav2Vec2Config(hidden_size=16, intermediate_size=40)).eval()
+    >>> cfg = w2v.Wav2Vec2Config(hidden_size=16, intermediate_size=40)
+    >>> ff = w2v.Wav2Vec2FeedForward(cfg).eval()
     >>> h = torch.randn(2, 7, 16)
     >>> with torch.no_grad():
     ...     ref = ff(h)
@@ -232,8 +230,8 @@ class FastFeedForward(w2v.Wav2Vec2FeedForward):
 
 
 def _is_exact_gelu(act) -> bool:
-    """transformers' ``"gelu"`` activation (erf form, torch's kernel)."""
-    return isinstance(act, GELUActivation) and getattr(act, "act", None) is F.gelu
+    """The ``"gelu"`` activation (erf form, torch's kernel)."""
+    return type(act) is torch.nn.GELU and act.approximate == "none"
 
 
 _SWAPS = {
@@ -246,13 +244,14 @@ _SWAPS = {
 def use_fast_cpu_modules(module: torch.nn.Module, enabled: bool = True) -> torch.nn.Module:
     """Switch, in place, the wav2vec2 feature encoder, positional convolution and
     feed-forward blocks inside ``module`` to their CPU-inference subclasses (or, with
-    ``enabled=False``, every wav2vec2 module subclass of this package, the fast paths'
-    included, back to transformers' class, e.g. before ONNX export). Returns ``module``."""
+    ``enabled=False``, every subclass of them, the fast paths' included, back to the plain
+    class of :mod:`agegender_sb.model.wav2vec2`, e.g. before ONNX export). Returns
+    ``module``."""
     for sub in module.modules():
         if enabled and type(sub) in _SWAPS:
             sub.__class__ = _SWAPS[type(sub)]
-        elif not enabled and type(sub).__module__.startswith("agegender_sb."):
-            # this package's subclasses (the fast paths' too) → transformers' own class
+        elif not enabled and type(sub).__module__.startswith("agegender_sb.backends."):
+            # the speed subclasses (the fast paths' too) → the plain class
             plain = next((c for c in type(sub).__mro__ if c.__module__ == w2v.__name__), None)
             if plain is not None:
                 sub.__class__ = plain
@@ -261,7 +260,7 @@ def use_fast_cpu_modules(module: torch.nn.Module, enabled: bool = True) -> torch
 
 
 def plain_torch_modules(module: torch.nn.Module) -> torch.nn.Module:
-    """Every CPU speed module of ``module`` back to transformers' and torch's own classes
+    """Every CPU speed module of ``module`` back to the plain wav2vec2 and torch classes
     (channels-last modules and oneDNN Linear layers), in place: before ONNX export or
     ``torch.ao.quantization.quantize_dynamic``, which match exact classes."""
     from agegender_sb.backends.fast_linear import use_onednn_linear

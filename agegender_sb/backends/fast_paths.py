@@ -26,7 +26,6 @@ import warnings
 from pathlib import Path
 
 import torch
-from transformers.models.wav2vec2 import modeling_wav2vec2 as w2v
 
 from agegender_sb.backends.cpu_speed import (
     FastFeatureEncoder,
@@ -38,6 +37,7 @@ from agegender_sb.backends.cpu_speed import (
     use_fast_cpu_modules,
 )
 from agegender_sb.backends.fast_linear import OneDNNLinear, onednn_available
+from agegender_sb.model import wav2vec2 as w2v
 
 __all__ = ["FAST_PATHS", "BF16Linear", "BF16Attention", "BF16FeedForward", "BF16FeatureEncoder",
            "BF16PositionalConv", "bf16_available", "enable_fast_path", "native_bf16",
@@ -152,23 +152,21 @@ class BF16Linear(OneDNNLinear):
 
 
 class BF16Attention(w2v.Wav2Vec2Attention):
-    """transformers' wav2vec2 self-attention in bfloat16 in CPU inference: the query, key
-    and value projections as one product (their weights stacked), scaled dot-product
-    attention on bfloat16 (float32 where the mask is an additive float mask), the output
-    projection in bfloat16, the result returned as float32. Cross-attention, attention
-    weights (``output_attentions``), training and other devices take transformers' path.
+    """wav2vec2 self-attention in bfloat16 in CPU inference: the query, key and value
+    projections as one product (their weights stacked), scaled dot-product attention on
+    bfloat16, the output projection in bfloat16, the result returned as float32. Training and
+    other devices take the plain path.
 
     Example
     -------
-    >>> from transformers import Wav2Vec2Config
-    >>> att = w2v.Wav2Vec2Attention(32, 4, config=Wav2Vec2Config(hidden_size=32)).eval()
+    >>> att = w2v.Wav2Vec2Attention(32, 4).eval()
     >>> h = torch.randn(2, 9, 32)
     >>> with torch.no_grad():
-    ...     ref, _ = att(h)
+    ...     ref = att(h)
     ...     att.__class__ = BF16Attention
-    ...     out, weights = att(h)
-    >>> out.dtype, weights, bool(0 < (out - ref).abs().max() < 0.05 * ref.abs().max())
-    (torch.float32, None, True)
+    ...     out = att(h)
+    >>> out.dtype, bool(0 < (out - ref).abs().max() < 0.05 * ref.abs().max())
+    (torch.float32, True)
     """
 
     def _pack_all(self):
@@ -178,42 +176,35 @@ class BF16Attention(w2v.Wav2Vec2Attention):
                 else torch.cat([p.bias for p in projections]))
         return _pack(weight, bias), _pack(self.out_proj.weight, self.out_proj.bias)
 
-    def _fast(self, hidden_states, key_value_states, output_attentions, kwargs) -> bool:
-        return (key_value_states is None and not output_attentions and not kwargs
-                and not self.is_causal and hidden_states.dim() == 3
-                and self.config is not None
-                and self.config._attn_implementation in (None, "sdpa", "eager")
+    def _fast(self, hidden_states) -> bool:
+        return (hidden_states.dim() == 3
                 and all(type(p) in (torch.nn.Linear, OneDNNLinear, BF16Linear)
                         for p in (self.q_proj, self.k_proj, self.v_proj, self.out_proj))
                 and onednn_available() and inference_fp32_cpu(hidden_states, self))
 
-    def forward(self, hidden_states, key_value_states=None, attention_mask=None,
-                output_attentions=False, **kwargs):
-        if not self._fast(hidden_states, key_value_states, output_attentions, kwargs):
-            return super().forward(hidden_states, key_value_states, attention_mask,
-                                   output_attentions, **kwargs)
+    def forward(self, hidden_states, attention_mask=None):
+        if not self._fast(hidden_states):
+            return super().forward(hidden_states, attention_mask)
         qkv_packed, out_packed = cached(self, self._pack_all)
         batch, n_frames, _ = hidden_states.shape
         qkv = _bf16_linear(hidden_states, qkv_packed)  # [B, T, 3 * E]
         q, k, v = qkv.view(batch, n_frames, 3, self.num_heads, self.head_dim).permute(
             2, 0, 3, 1, 4)  # [3, B, heads, T, head_dim] views
-        if attention_mask is not None and attention_mask.dtype != torch.bool:
-            q, k, v = q.float(), k.float(), v.float()  # an additive float mask: as given
         out = torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=attention_mask, scale=self.scaling)
+            q, k, v, attn_mask=attention_mask, scale=self.scaling)  # a bool mask, if any
         out = out.transpose(1, 2).reshape(batch, n_frames, self.embed_dim)
-        return _bf16_linear(out, out_packed).float(), None
+        return _bf16_linear(out, out_packed).float()
 
 
 class BF16FeedForward(FastFeedForward):
-    """transformers' feed-forward block in bfloat16 in CPU inference: the first product with
+    """The wav2vec2 feed-forward block in bfloat16 in CPU inference: the first product with
     its GELU fused (computed on the float32 accumulator), the 4096-wide intermediate kept in
     bfloat16, the output returned as float32.
 
     Example
     -------
-    >>> from transformers import Wav2Vec2Config
-    >>> ff = w2v.Wav2Vec2FeedForward(Wav2Vec2Config(hidden_size=16, intermediate_size=40)).eval()
+    >>> cfg = w2v.Wav2Vec2Config(hidden_size=16, intermediate_size=40)
+    >>> ff = w2v.Wav2Vec2FeedForward(cfg).eval()
     >>> h = torch.randn(2, 7, 16)
     >>> with torch.no_grad():
     ...     ref = ff(h)
@@ -285,20 +276,19 @@ def enable_fast_path(model: torch.nn.Module, kind: str = "int8") -> torch.nn.Mod
 
     Example
     -------
-    >>> from transformers import Wav2Vec2Config, Wav2Vec2Model
-    >>> enc = Wav2Vec2Model(Wav2Vec2Config(hidden_size=32, num_hidden_layers=1,
+    >>> cfg = w2v.Wav2Vec2Config(hidden_size=32, num_hidden_layers=1,
     ...     num_attention_heads=2, intermediate_size=37, conv_dim=[16] * 7,
-    ...     num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)).eval()
+    ...     num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    >>> enc = w2v.Wav2Vec2Model(cfg).eval()
     >>> _ = enable_fast_path(enc, "int8")
     >>> enc.encoder.layers[0].feed_forward.intermediate_dense.__module__
     'torch.ao.nn.quantized.dynamic.modules.linear'
-    >>> enc = Wav2Vec2Model(enc.config).eval()
+    >>> enc = w2v.Wav2Vec2Model(cfg).eval()
     >>> type(enable_fast_path(enc, "bf16").encoder.layers[0].attention.q_proj).__name__
     'BF16Linear'
     """
     kind = resolve_fast_path(kind)
-    encoders = [m for m in model.modules()
-                if isinstance(m, (w2v.Wav2Vec2Encoder, w2v.Wav2Vec2EncoderStableLayerNorm))]
+    encoders = [m for m in model.modules() if isinstance(m, w2v.Wav2Vec2Encoder)]
     if not encoders:
         raise ValueError(f"{type(model).__name__} holds no wav2vec2 transformer encoder")
     devices = {p.device.type for p in model.parameters()}

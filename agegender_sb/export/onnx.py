@@ -125,18 +125,17 @@ class OnnxExportAdapter(nn.Module):
         return outputs
 
 
-def _export_clone(module: nn.Module, configs: dict | None = None) -> nn.Module:
+def _export_clone(module: nn.Module) -> nn.Module:
     """A float32 CPU copy of the module tree that shares the caller's weights (no tensor copy).
 
     Each module is shallow-copied with its own parameter, buffer, submodule and hook
     dictionaries; parameters are new ``Parameter`` objects over the same storage (copies only
-    where a dtype or device conversion is needed), with ``requires_grad=False``. transformers
-    configs are deep-copied once (shared within the clone), so switching the clone's attention
-    kernel leaves the caller's model alone. Folding weight norm or changing classes on the
+    where a dtype or device conversion is needed), with ``requires_grad=False``; plain
+    attributes (the attention kernel's name) are the clone's own, so switching the clone's
+    attention kernel leaves the caller's model alone. Folding weight norm or changing classes on the
     clone therefore never touches the caller's model, and no second set of weights is held
     (as ``copy.deepcopy`` would).
     """
-    configs = {} if configs is None else configs
     # not copy.copy: parametrized modules refuse __getstate__
     clone = type(module).__new__(type(module))
     state = clone.__dict__
@@ -144,27 +143,15 @@ def _export_clone(module: nn.Module, configs: dict | None = None) -> nn.Module:
     for key, value in list(state.items()):
         if isinstance(value, (dict, set)) and key not in ("_parameters", "_buffers", "_modules"):
             state[key] = copy.copy(value)  # hooks, non-persistent buffer names, ...
-        elif _is_hf_config(value):
-            if id(value) not in configs:
-                configs[id(value)] = copy.deepcopy(value)
-            state[key] = configs[id(value)]
     state["_parameters"] = {
         name: None if p is None else nn.Parameter(_float_cpu(p), requires_grad=False)
         for name, p in module._parameters.items()
     }
     state["_buffers"] = {name: None if b is None else _float_cpu(b)
                          for name, b in module._buffers.items()}
-    state["_modules"] = {name: None if m is None else _export_clone(m, configs)
+    state["_modules"] = {name: None if m is None else _export_clone(m)
                          for name, m in module._modules.items()}
     return clone
-
-
-def _is_hf_config(value: Any) -> bool:
-    try:
-        from transformers import PretrainedConfig
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return False
-    return isinstance(value, PretrainedConfig)
 
 
 def _float_cpu(t: torch.Tensor) -> torch.Tensor:
@@ -309,7 +296,7 @@ def export_onnx(
         one tensor at a time); False uses the TorchScript exporter, which builds the whole
         file in memory.
     attn_implementation : str
-        transformers attention used while tracing; ``"eager"`` yields plain MatMul/Softmax.
+        Attention kernel used while tracing; ``"eager"`` yields plain MatMul/Softmax.
     example_seconds : float
         Length of the tracing example.
     verbose : bool
@@ -330,7 +317,7 @@ def export_onnx(
 
     module = _export_clone(model).eval()
     _fold_weight_norm(module)
-    plain_torch_modules(module)  # transformers' own modules: plain MatMul in the graph
+    plain_torch_modules(module)  # the plain wav2vec2 modules: plain MatMul in the graph
     for sub in module.modules():
         if hasattr(sub, "set_attention"):
             sub.set_attention(attn_implementation)

@@ -1,8 +1,9 @@
 """The wav2vec2 encoder, built from architecture hyperparameters (no download).
 
-A thin wrapper over transformers' ``Wav2Vec2Model`` that speaks SpeechBrain's batch
-convention — ``(wavs, wav_lens)`` with relative lengths — builds the attention mask itself
-and returns the frame-level mask that pooling needs.
+A thin wrapper over :class:`~agegender_sb.model.wav2vec2.Wav2Vec2Model` (transformers'
+computation and parameter names, in plain torch) that speaks SpeechBrain's batch convention —
+``(wavs, wav_lens)`` with relative lengths — builds the attention mask itself and returns the
+frame-level mask that pooling needs.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from agegender_sb.audio import relative_to_samples
 from agegender_sb.backends.cpu_speed import use_fast_cpu_modules
 from agegender_sb.backends.fast_linear import use_onednn_linear
+from agegender_sb.errors import SettingsError
+from agegender_sb.model.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model, attention_modules
 
 __all__ = ["Wav2Vec2Encoder"]
 
@@ -34,15 +36,17 @@ class Wav2Vec2Encoder(torch.nn.Module):
     Parameters
     ----------
     config : mapping
-        Keyword arguments of transformers' ``Wav2Vec2Config`` (the ``wav2vec2`` mapping of
+        Fields of transformers' ``Wav2Vec2Config`` (the ``wav2vec2`` mapping of
         ``hparams/inference.yaml``, where the large-robust architecture is declared); fields
-        left out take transformers' defaults. With ``feat_extract_norm="group"`` (e.g.
+        left out take transformers' defaults, fields the base model does not use are
+        ignored (:class:`~agegender_sb.model.wav2vec2.Wav2Vec2Config`). With ``feat_extract_norm="group"`` (e.g.
         wav2vec2-base) the first convolution normalises over time, padding included, so
         padded batches do not give the one-at-a-time results; the audEERING models use
         ``"layer"``.
     attn_implementation : str
-        transformers attention kernel: ``"sdpa"`` (default, as transformers) or ``"eager"``;
-        the same numbers within float rounding, and on the CPU the same speed (measured).
+        Attention kernel: ``"sdpa"`` (default, torch's fused kernel, as transformers) or
+        ``"eager"`` (products and softmax); the same numbers within float rounding, and on the
+        CPU the same speed (measured).
     onednn_linear : bool
         Run the Linear layers through oneDNN in CPU inference
         (:mod:`agegender_sb.backends.fast_linear`) and the convolutional feature encoder and
@@ -68,20 +72,25 @@ class Wav2Vec2Encoder(torch.nn.Module):
         onednn_linear: bool = True,
     ):
         super().__init__()
-        config = Wav2Vec2Config(**_plain(config))
-        # Before building too: transformers 4.x picks the attention class at construction.
-        config._attn_implementation = attn_implementation
-        self.config = config
-        self.model = Wav2Vec2Model(config)
+        self.config = Wav2Vec2Config.from_mapping(_plain(config))
+        self.model = Wav2Vec2Model(self.config)
         if onednn_linear:
             use_onednn_linear(self.model)
             use_fast_cpu_modules(self.model)
         self.set_attention(attn_implementation)
 
+    @property
+    def attention(self) -> str:
+        """The attention kernel in use (``"sdpa"`` or ``"eager"``)."""
+        return attention_modules(self.model)[0].implementation
+
     def set_attention(self, implementation: str) -> None:
-        """Switch transformers' attention kernel (``"eager"``, ``"sdpa"``, ...) in place."""
-        if self.model.config._attn_implementation != implementation:
-            self.model.config._attn_implementation = implementation
+        """Switch the attention kernel (``"sdpa"`` or ``"eager"``) in place."""
+        if implementation not in ("sdpa", "eager"):
+            raise SettingsError(f"attn_implementation must be 'sdpa' or 'eager', "
+                                f"got {implementation!r}")
+        for attention in attention_modules(self.model):
+            attention.implementation = implementation
 
     @property
     def output_size(self) -> int:
@@ -90,7 +99,7 @@ class Wav2Vec2Encoder(torch.nn.Module):
 
     def frame_lengths(self, n_samples: torch.Tensor) -> torch.Tensor:
         """Number of encoder frames for inputs of ``n_samples`` samples."""
-        return self.model._get_feat_extract_output_lengths(n_samples).long()
+        return self.model.frame_lengths(n_samples).long()
 
     def freeze_feature_extractor(self) -> None:
         """Stop gradients through the convolutional feature encoder (for fine-tuning)."""
@@ -122,7 +131,7 @@ class Wav2Vec2Encoder(torch.nn.Module):
             if bool((lengths < wavs.shape[1]).any()):
                 steps = torch.arange(wavs.shape[1], device=wavs.device)
                 attention_mask = (steps[None, :] < lengths[:, None]).long()
-        frames = self.model(wavs, attention_mask=attention_mask).last_hidden_state
+        frames = self.model(wavs, attention_mask=attention_mask)
         if attention_mask is None:
             return frames, None
         n_frames = self.frame_lengths(lengths)

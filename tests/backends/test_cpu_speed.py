@@ -1,4 +1,4 @@
-"""Channels-last CPU modules: same numbers as transformers' and the model card's."""
+"""Channels-last CPU modules: same numbers as the plain modules and the model card's."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from reference import card_process
 from tiny_encoders import encoder_pair, padded_batch
-from transformers.models.wav2vec2 import modeling_wav2vec2 as w2v
+
 
 from agegender_sb import AgeGenderClassifier
 from agegender_sb.backends.cpu_speed import (
@@ -17,6 +17,7 @@ from agegender_sb.backends.cpu_speed import (
     use_fast_cpu_modules,
 )
 from agegender_sb.backends.fast_linear import OneDNNLinear
+from agegender_sb.model import wav2vec2 as w2v
 
 
 def test_encoder_uses_the_cpu_modules_and_keeps_its_state_dict():
@@ -29,7 +30,7 @@ def test_encoder_uses_the_cpu_modules_and_keeps_its_state_dict():
     assert list(fast.state_dict()) == list(plain.state_dict())
 
 
-def test_same_numbers_as_transformers_modules_on_a_padded_batch():
+def test_same_numbers_as_the_plain_modules_on_a_padded_batch():
     fast, plain = encoder_pair()
     wavs, lens = padded_batch()
     with torch.inference_mode():
@@ -61,7 +62,7 @@ def test_cached_weight_norm_follows_weight_changes():
         assert (fast(wavs)[0] - plain(wavs)[0]).abs().max() < 1e-5
 
 
-def test_training_takes_transformers_path_with_the_same_gradients():
+def test_training_takes_the_plain_path_with_the_same_gradients():
     fast, plain = encoder_pair(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
                         feat_proj_dropout=0.0, layerdrop=0.0, apply_spec_augment=False)
     fast.train()
@@ -74,7 +75,7 @@ def test_training_takes_transformers_path_with_the_same_gradients():
             assert (a.grad - b.grad).norm() <= 1e-5 * b.grad.norm() + 1e-9, name
 
 
-def test_switching_back_restores_transformers_classes():
+def test_switching_back_restores_the_plain_classes():
     fast, _ = encoder_pair()
     plain_torch_modules(fast)  # what ONNX export calls
     assert not any(isinstance(m, OneDNNLinear) for m in fast.modules())
