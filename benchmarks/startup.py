@@ -4,8 +4,8 @@ Interleaved, in fresh processes, ``--rounds`` times (a busy neighbour slows all 
 
 - ``imports``: ``python -c "import torch, torchaudio, speechbrain, transformers"``;
 - ``imports + Wav2Vec2Model``: the same, then ``from transformers import Wav2Vec2Model``
-  (transformers imports the model's code lazily: the encoder needs it, the four imports
-  above do not include it);
+  (transformers imports a model's code lazily; the package's encoder,
+  ``agegender_sb.model.wav2vec2``, no longer imports it: shown for comparison);
 - ``predict``: ``python -m agegender_sb predict ONE.wav --source TINY -o OUT.csv`` with a
   checkpoint from :func:`agegender_sb.testing.write_checkpoint` (``--size``).
 

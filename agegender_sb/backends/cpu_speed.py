@@ -1,11 +1,12 @@
 """Channels-last wav2vec2 feature encoder and positional convolution for CPU inference.
 
-wav2vec2 (transformers' and :mod:`agegender_sb.model.wav2vec2`) runs its convolutional feature
-encoder in ``[batch, channels, time]`` layout and transposes around every layer norm: on a 6 s utterance (24-layer model, one CPU
-thread) those layout copies, the layer norms on transposed views and the GELUs allocating fresh
-40 MB outputs cost about 300 ms, as much as all its convolutions. The positional convolution
-recomputes its weight norm on every call (18 ms). :func:`use_fast_cpu_modules` switches, in
-place, the modules of a :class:`~agegender_sb.model.wav2vec2.Wav2Vec2Model` to subclasses that, in CPU float32
+wav2vec2 (transformers' and :mod:`agegender_sb.model.wav2vec2`) runs its convolutional
+feature encoder in ``[batch, channels, time]`` layout and transposes around every layer norm:
+on a 6 s utterance (24-layer model, one CPU thread) those layout copies, the layer norms on
+transposed views and the GELUs allocating fresh 40 MB outputs cost about 300 ms, as much as
+all its convolutions. The positional convolution recomputes its weight norm on every call
+(18 ms). :func:`use_fast_cpu_modules` switches, in place, the modules of a
+:class:`~agegender_sb.model.wav2vec2.Wav2Vec2Model` to subclasses that, in CPU float32
 inference only:
 
 - keep the feature encoder in ``[batch, time, channels]`` (channels-last) layout: the first

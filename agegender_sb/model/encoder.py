@@ -39,10 +39,10 @@ class Wav2Vec2Encoder(torch.nn.Module):
         Fields of transformers' ``Wav2Vec2Config`` (the ``wav2vec2`` mapping of
         ``hparams/inference.yaml``, where the large-robust architecture is declared); fields
         left out take transformers' defaults, fields the base model does not use are
-        ignored (:class:`~agegender_sb.model.wav2vec2.Wav2Vec2Config`). With ``feat_extract_norm="group"`` (e.g.
-        wav2vec2-base) the first convolution normalises over time, padding included, so
-        padded batches do not give the one-at-a-time results; the audEERING models use
-        ``"layer"``.
+        ignored (:class:`~agegender_sb.model.wav2vec2.Wav2Vec2Config`). With
+        ``feat_extract_norm="group"`` (e.g. wav2vec2-base) the first convolution normalises
+        over time, padding included, so padded batches do not give the one-at-a-time
+        results; the audEERING models use ``"layer"``.
     attn_implementation : str
         Attention kernel: ``"sdpa"`` (default, torch's fused kernel, as transformers) or
         ``"eager"`` (products and softmax); the same numbers within float rounding, and on the

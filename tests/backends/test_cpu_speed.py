@@ -7,7 +7,6 @@ import torch
 from reference import card_process
 from tiny_encoders import encoder_pair, padded_batch
 
-
 from agegender_sb import AgeGenderClassifier
 from agegender_sb.backends.cpu_speed import (
     FastFeatureEncoder,
