@@ -11,7 +11,7 @@ them: sound well above the recording's own background that is not white noise.
 - a frame is *loud* when its level (``20 log10 std``, dBFS, as
   :class:`~agegender_sb.speech.detectors.EnergyDetector`) is at least ``above_floor_db``
   above the signal's floor (the ``floor_quantile`` quantile of its frame levels) and at least
-  ``min_level_db``;
+  ``min_level_db`` (-60 dBFS);
 - a loud frame is *shaped* when its spectral flatness (geometric over arithmetic mean of its
   Hann-windowed power spectrum) is below ``max_flatness``: speech, whispered too, is well
   below 0.3, white noise near 0.56, clicks near 1.
@@ -48,7 +48,8 @@ class RelativeLevel:
     above_floor_db : float
         A loud frame is at least this many dB above the floor (default 20).
     min_level_db : float
-        ... and at least this level in dBFS (default -50, :class:`EnergyDetector`'s threshold).
+        ... and at least this level in dBFS (default -60: the two quiet child utterances of
+        speechocean762 that Silero misses are still answered 20 dB quieter, docs/reliability.md).
     max_flatness : float
         Loud frames flatter than this are noise-like: they continue a span, never start one
         (default 0.4).
@@ -56,7 +57,7 @@ class RelativeLevel:
         Quantile of the frame levels taken as the floor (default 0.2).
     """
 
-    def __init__(self, above_floor_db: float = 20.0, min_level_db: float = -50.0,
+    def __init__(self, above_floor_db: float = 20.0, min_level_db: float = -60.0,
                  max_flatness: float = 0.4, floor_quantile: float = 0.2):
         for name, value in (("above_floor_db", above_floor_db), ("min_level_db", min_level_db),
                             ("max_flatness", max_flatness), ("floor_quantile", floor_quantile)):

@@ -7,6 +7,8 @@ All 440 utterances are measured by benchmarks/speech_detection.py (docs/reliabil
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -126,6 +128,36 @@ def test_the_missed_child_utterances_are_answered(speechocean, silero, silero_al
         probs, score, index, labels = clf.classify_file(speechocean / "WAVE" / rel)
         assert probs.shape == (1, 3) and labels[0] in clf.labels
         assert clf.predict_file(speechocean / "WAVE" / rel).age.shape == (1,)
+
+
+def test_quiet_child_speech_at_22050_hz_is_answered(speechocean, tiny_checkpoint, tmp_path):
+    """The same two utterances 20 dB quieter (peaks near 0.06, about -57 dBFS on average) and
+    resampled to 22.05 kHz, as 16-bit files: still answered by default (a floor of -50 dBFS
+    refused them)."""
+    import soxr
+
+    clf = AgeGenderClassifier.from_hparams(source=tiny_checkpoint)
+    for rel in MISSED:
+        wav = _read(speechocean, rel).numpy() * 0.1
+        path = tmp_path / f"{Path(rel).stem}.wav"
+        sf.write(str(path), soxr.resample(wav, SAMPLE_RATE, 22050), 22050, subtype="PCM_16")
+        probs, _, _, labels = clf.classify_file(path)
+        assert probs.shape == (1, 3) and labels[0] in clf.labels
+
+
+def test_faint_shaped_bursts_below_the_floor_stay_refused(silero):
+    """Tone bursts at about -66 dBFS over -90 dBFS hiss: 24 dB above their background but
+    below the second look's -60 dBFS; refused (a floor of -70 would take them)."""
+    n = 5 * SAMPLE_RATE
+    t = np.arange(n) / SAMPLE_RATE
+    on = (np.arange(n) // 8000) % 2 == 1
+    hiss = np.random.default_rng(3).standard_normal(n) * 10 ** (-90 / 20)
+    x = np.where(on, 10 ** (-63 / 20) * np.sin(2 * np.pi * 440 * t), hiss)
+    x = torch.from_numpy(x.astype(np.float32))
+    assert silero(x) == []
+    louder = SileroDetector()
+    louder._second_opinion = lambda: RelativeLevel(min_level_db=-70.0)
+    assert louder(x)  # the same bursts count once the floor is below them
 
 
 def test_speech_silero_finds_is_unchanged(speechocean, silero, silero_alone):

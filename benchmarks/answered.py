@@ -1,0 +1,87 @@
+"""Does every real recording get an answer with default settings? Any corpus, any rate.
+
+Runs ``agegender predict`` (default settings: Silero with its second look, whole files) over
+the audio files under ``DIR`` with a random tiny model from
+:func:`agegender_sb.testing.write_checkpoint` (which files are answered depends on the speech
+detector, not on the weights), then counts the file rows: answered (an age and a gender),
+refused as "no speech", errors. Prints every file that is not answered.
+
+``--rate R`` first writes a copy of every file resampled to R Hz (soxr, 16-bit PCM) into a
+temporary folder, ``--gain-db G`` scales that copy (clipped to [-1, 1], the clipped count
+printed): the same speech at another sampling rate or level, e.g. 22050 Hz as many TTS and
+acted-emotion corpora ship.
+
+    python benchmarks/answered.py DIR [--rate 22050] [--gain-db -20] [--source MODEL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agegender_sb.defaults import AUDIO_EXTENSIONS  # noqa: E402
+from agegender_sb.testing import write_checkpoint  # noqa: E402
+
+
+def copy_corpus(files: list[Path], root: Path, out: Path, rate: int | None,
+                gain_db: float) -> int:
+    """Resampled / scaled copies under ``out`` (same relative paths); returns how many
+    samples were clipped."""
+    clipped = 0
+    for f in files:
+        x, sr = sf.read(str(f), dtype="float64", always_2d=True)
+        if rate and rate != sr:
+            x = soxr.resample(x, sr, rate)
+        x = x * 10 ** (gain_db / 20)
+        clipped += int((np.abs(x) > 1).sum())
+        target = out / f.relative_to(root).with_suffix(".wav")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(target), np.clip(x, -1, 1), rate or sr, subtype="PCM_16")
+    return clipped
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", help="a folder of audio files (searched recursively)")
+    parser.add_argument("--rate", type=int, help="resample copies to this rate first")
+    parser.add_argument("--gain-db", type=float, default=0.0, help="scale the copies")
+    parser.add_argument("--source", help="a model (default: a random tiny one)")
+    args = parser.parse_args()
+    root = Path(args.data)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        source = args.source or str(write_checkpoint(tmp / "model", size="tiny"))
+        corpus = root
+        if args.rate or args.gain_db:
+            corpus = tmp / "corpus"
+            clipped = copy_corpus(files, root, corpus, args.rate, args.gain_db)
+            print(f"copies at {args.rate or 'the original'} Hz, {args.gain_db:+.1f} dB "
+                  f"({clipped} samples clipped)")
+        table = tmp / "out.csv"
+        subprocess.run([sys.executable, "-m", "agegender_sb", "predict", str(corpus),
+                        "--source", source, "-o", str(table), "--quiet"], check=False)
+        with table.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if not r["speaker"] and not r["start"]]
+    answered = [r for r in rows if r["age"] and r["gender"]]
+    others = [r for r in rows if not (r["age"] and r["gender"])]
+    print(f"{len(files)} files, {len(rows)} file rows: {len(answered)} answered, "
+          f"{sum('no speech' in r['error'] for r in others)} refused as no speech, "
+          f"{sum('no speech' not in r['error'] for r in others)} errors")
+    for r in others:
+        print(f"  {r['path']}: {r['error']}")
+
+
+if __name__ == "__main__":
+    main()
