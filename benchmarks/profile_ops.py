@@ -47,9 +47,8 @@ PARTS = ("CNN feature encoder", "feature projection", "positional conv", "attent
 
 
 def _wav2vec2(model):
-    from transformers import Wav2Vec2Model
-
-    return next(m for m in model.modules() if isinstance(m, Wav2Vec2Model))
+    # transformers' class in the reference, agegender_sb.model.wav2vec2's in the package
+    return next(m for m in model.modules() if type(m).__name__ == "Wav2Vec2Model")
 
 
 def annotate(model) -> None:

@@ -103,6 +103,11 @@ def test_time_mask_spans_stay_inside_valid_frames():
     # the expected count: prob * length / span spans of span frames (overlaps lower it)
     counts = [int(time_mask(torch.tensor([1000]), 1000, 0.2, 10)[0].sum()) for _ in range(20)]
     assert 120 < sum(counts) / 20 <= 200
+    # never more spans than fit end to end (transformers' cap): 5 spans of 10 in 50 frames,
+    # however many min_masks asks for, cover about two thirds of them (20 would cover ~all)
+    cover = [float(time_mask(torch.tensor([50]), 50, 1.0, 10, min_masks=20)[0].float().mean())
+             for _ in range(50)]
+    assert 0.5 < sum(cover) / 50 < 0.85
 
 
 def test_configuration_is_checked():
