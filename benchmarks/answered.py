@@ -9,9 +9,11 @@ refused as "no speech", errors. Prints every file that is not answered.
 ``--rate R`` first writes a copy of every file resampled to R Hz (soxr, 16-bit PCM) into a
 temporary folder, ``--gain-db G`` scales that copy (clipped to [-1, 1], the clipped count
 printed): the same speech at another sampling rate or level, e.g. 22050 Hz as many TTS and
-acted-emotion corpora ship.
+acted-emotion corpora ship. ``--whisper`` makes the copy a whisper-like proxy first: each
+25 ms frame's order-16 LPC envelope excited by white noise instead of the voice (no pitch, the
+same formants and level; a proxy, not whispered speech), scaled to half the original peak.
 
-    python benchmarks/answered.py DIR [--rate 22050] [--gain-db -20] [--source MODEL]
+    python benchmarks/answered.py DIR [--rate 22050] [--gain-db -20] [--whisper] [--source M]
 """
 
 from __future__ import annotations
@@ -34,13 +36,36 @@ from agegender_sb.defaults import AUDIO_EXTENSIONS  # noqa: E402
 from agegender_sb.testing import write_checkpoint  # noqa: E402
 
 
+def whisper(x: np.ndarray, rng: np.random.Generator, order: int = 16) -> np.ndarray:
+    """``x`` (mono) with its voice replaced by noise through each frame's LPC envelope."""
+    from scipy.linalg import solve_toeplitz
+    from scipy.signal import lfilter
+
+    n, hop = 400, 200
+    out, window = np.zeros(len(x) + n), np.hanning(n)
+    for start in range(0, len(x) - n, hop):
+        frame = x[start:start + n] * window
+        r = np.correlate(frame, frame, "full")[n - 1:n + order]
+        if r[0] < 1e-10:
+            continue
+        r[0] *= 1.0001  # a little white noise: a stable, solvable system
+        lpc = np.concatenate([[1.0], solve_toeplitz(r[:order], -r[1:order + 1])])
+        gain = np.sqrt(np.mean(lfilter(lpc, [1.0], frame) ** 2))
+        out[start:start + n] += lfilter([gain], lpc, rng.standard_normal(n)) * window
+    out = out[:len(x)]
+    return out * 0.5 * np.abs(x).max() / max(np.abs(out).max(), 1e-12)
+
+
 def copy_corpus(files: list[Path], root: Path, out: Path, rate: int | None,
-                gain_db: float) -> int:
-    """Resampled / scaled copies under ``out`` (same relative paths); returns how many
-    samples were clipped."""
+                gain_db: float, whispered: bool = False) -> int:
+    """Resampled / scaled (/ whispered) copies under ``out`` (same relative paths); returns
+    how many samples were clipped."""
     clipped = 0
+    rng = np.random.default_rng(0)
     for f in files:
         x, sr = sf.read(str(f), dtype="float64", always_2d=True)
+        if whispered:
+            x = whisper(x.mean(axis=1), rng)[:, None]
         if rate and rate != sr:
             x = soxr.resample(x, sr, rate)
         x = x * 10 ** (gain_db / 20)
@@ -56,6 +81,7 @@ def main() -> None:
     parser.add_argument("data", help="a folder of audio files (searched recursively)")
     parser.add_argument("--rate", type=int, help="resample copies to this rate first")
     parser.add_argument("--gain-db", type=float, default=0.0, help="scale the copies")
+    parser.add_argument("--whisper", action="store_true", help="whisper-like copies")
     parser.add_argument("--source", help="a model (default: a random tiny one)")
     args = parser.parse_args()
     root = Path(args.data)
@@ -64,11 +90,11 @@ def main() -> None:
         tmp = Path(tmp)
         source = args.source or str(write_checkpoint(tmp / "model", size="tiny"))
         corpus = root
-        if args.rate or args.gain_db:
+        if args.rate or args.gain_db or args.whisper:
             corpus = tmp / "corpus"
-            clipped = copy_corpus(files, root, corpus, args.rate, args.gain_db)
-            print(f"copies at {args.rate or 'the original'} Hz, {args.gain_db:+.1f} dB "
-                  f"({clipped} samples clipped)")
+            clipped = copy_corpus(files, root, corpus, args.rate, args.gain_db, args.whisper)
+            print(f"{'whispered ' * args.whisper}copies at {args.rate or 'the original'} Hz, "
+                  f"{args.gain_db:+.1f} dB ({clipped} samples clipped)")
         table = tmp / "out.csv"
         subprocess.run([sys.executable, "-m", "agegender_sb", "predict", str(corpus),
                         "--source", source, "-o", str(table), "--quiet"], check=False)
