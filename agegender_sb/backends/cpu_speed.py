@@ -91,7 +91,7 @@ class FastFeatureEncoder(w2v.Wav2Vec2FeatureEncoder):
     def supported(self) -> bool:
         """Whether this encoder's configuration is the one the channels-last path computes
         (layer-norm convolutions, exact GELU, no padding, dilation or groups)."""
-        return all(type(layer) is w2v.Wav2Vec2LayerNormConvLayer and layer.norm == "layer"
+        return all(type(layer) is w2v.Wav2Vec2ConvLayer and layer.norm == "layer"
                    and _is_exact_gelu(layer.activation)
                    and layer.conv.padding == (0,) and layer.conv.dilation == (1,)
                    and layer.conv.groups == 1

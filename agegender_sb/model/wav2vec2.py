@@ -25,7 +25,7 @@ from torch import nn
 from agegender_sb.errors import SettingsError
 
 __all__ = ["Wav2Vec2Config", "Wav2Vec2Model", "Wav2Vec2FeatureEncoder",
-           "Wav2Vec2LayerNormConvLayer", "Wav2Vec2PositionalConvEmbedding", "Wav2Vec2Attention",
+           "Wav2Vec2ConvLayer", "Wav2Vec2PositionalConvEmbedding", "Wav2Vec2Attention",
            "Wav2Vec2FeedForward", "Wav2Vec2Encoder", "Wav2Vec2EncoderStableLayerNorm",
            "time_mask", "attention_modules", "ACTIVATIONS"]
 
@@ -125,7 +125,7 @@ class Wav2Vec2Config:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
-class Wav2Vec2LayerNormConvLayer(nn.Module):
+class Wav2Vec2ConvLayer(nn.Module):
     """One convolution of the feature encoder: conv → (layer or group norm) → activation.
 
     ``norm`` is ``"layer"`` (over channels), ``"group"`` (one group per channel, over time:
@@ -166,10 +166,10 @@ class Wav2Vec2FeatureEncoder(nn.Module):
         super().__init__()
         n = config.num_feat_extract_layers
         if config.feat_extract_norm == "layer":
-            layers = [Wav2Vec2LayerNormConvLayer(config, i, "layer") for i in range(n)]
+            layers = [Wav2Vec2ConvLayer(config, i, "layer") for i in range(n)]
         else:
-            layers = [Wav2Vec2LayerNormConvLayer(config, 0, "group")] + [
-                Wav2Vec2LayerNormConvLayer(config, i, None) for i in range(1, n)]
+            layers = [Wav2Vec2ConvLayer(config, 0, "group")] + [
+                Wav2Vec2ConvLayer(config, i, None) for i in range(1, n)]
         self.conv_layers = nn.ModuleList(layers)
         self._requires_grad = True
 
