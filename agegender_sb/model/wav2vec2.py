@@ -7,7 +7,7 @@ for the base model (feature encoder, feature projection, positional convolution,
 pre-layer-norm transformer, SpecAugment masking and LayerDrop in training), with the same
 module tree, parameter names and ``state_dict`` keys, so checkpoints load unchanged. It is
 tested against transformers at 1e-6 (``tests/model/test_wav2vec2.py``), and the whole model
-against the model card's code (``tests/test_fidelity.py``).
+against the model card's code (``tests/model/test_fidelity.py``).
 
 Not here: adapters (``add_adapter``, ``adapter_attn_dim``), the pre-training quantiser and the
 task heads of transformers; a configuration asking for an adapter is refused.
