@@ -4,7 +4,8 @@ Runs ``agegender predict`` (default settings: Silero with its second look, whole
 the audio files under ``DIR`` with a random tiny model from
 :func:`agegender_sb.testing.write_checkpoint` (which files are answered depends on the speech
 detector, not on the weights), then counts the file rows: answered (an age and a gender),
-refused as "no speech", errors. Prints every file that is not answered.
+refused as "no speech", errors (read with the package's own table reader and row kinds).
+Prints every file that is not answered.
 
 ``--rate R`` first writes a copy of every file resampled to R Hz (soxr, 16-bit PCM) into a
 temporary folder, ``--gain-db G`` scales that copy (clipped to [-1, 1], the clipped count
@@ -32,7 +33,9 @@ import soxr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agegender_sb.batch.tables import read_table, row_kind, row_status  # noqa: E402
 from agegender_sb.defaults import AUDIO_EXTENSIONS  # noqa: E402
+from agegender_sb.inference.results import Status  # noqa: E402
 from agegender_sb.testing import write_checkpoint  # noqa: E402
 
 
@@ -99,14 +102,16 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "agegender_sb", "predict", str(corpus),
                         "--source", source, "-o", str(table), "--quiet"], check=False)
         with table.open(newline="") as f:
-            rows = [r for r in csv.DictReader(f) if not r["speaker"] and not r["start"]]
-    answered = [r for r in rows if r["age"] and r["gender"]]
-    others = [r for r in rows if not (r["age"] and r["gender"])]
-    print(f"{len(files)} files, {len(rows)} file rows: {len(answered)} answered, "
-          f"{sum('no speech' in r['error'] for r in others)} refused as no speech, "
-          f"{sum('no speech' not in r['error'] for r in others)} errors")
-    for r in others:
-        print(f"  {r['path']}: {r['error']}")
+            header = next(csv.reader(f))
+        labels = header[header.index("age") + 1:header.index("gender")]  # the model's
+        rows = [r for r in read_table(table, labels) if row_kind(r) == "file"]
+    status = [row_status(r) for r in rows]
+    print(f"{len(files)} files, {len(rows)} file rows: {status.count(Status.OK)} answered, "
+          f"{status.count(Status.NO_SPEECH)} refused as no speech, "
+          f"{len(rows) - status.count(Status.OK) - status.count(Status.NO_SPEECH)} errors")
+    for r, s in zip(rows, status):
+        if s is not Status.OK:
+            print(f"  {r['path']}: {r['error']}")
 
 
 if __name__ == "__main__":
