@@ -36,7 +36,11 @@ from agegender_sb.backends.cpu_speed import (
     inference_fp32_cpu,
     use_fast_cpu_modules,
 )
-from agegender_sb.backends.fast_linear import OneDNNLinear, onednn_available
+from agegender_sb.backends.fast_linear import (
+    OneDNNLinear,
+    onednn_available,
+    unpack_linear_weights,
+)
 from agegender_sb.model import wav2vec2 as w2v
 
 __all__ = ["FAST_PATHS", "BF16Linear", "BF16Attention", "BF16FeedForward", "BF16FeatureEncoder",
@@ -298,6 +302,7 @@ def enable_fast_path(model: torch.nn.Module, kind: str = "int8") -> torch.nn.Mod
     if previous is not None:
         raise ValueError(f"this model already runs the {previous!r} fast path; "
                          "load it again for another")
+    unpack_linear_weights(model)  # the fast paths derive their weights from the plain ones
     if kind == "bf16":
         _enable_bf16(model, encoders)
     else:

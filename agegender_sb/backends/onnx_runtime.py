@@ -252,7 +252,11 @@ def release_weights(module: nn.Module) -> int:
     with torch.no_grad():
         for tensor in [*module.parameters(), *module.buffers()]:
             freed += tensor.numel() * tensor.element_size()
-            tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+            empty = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+            if tensor.is_mkldnn:  # a packed Linear weight (backends.fast_linear)
+                torch.utils.swap_tensors(tensor, nn.Parameter(empty, requires_grad=False))
+            else:
+                tensor.data = empty
     return freed
 
 

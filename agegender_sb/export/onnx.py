@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import logging
 import os
 import warnings
@@ -52,6 +53,7 @@ import torch
 from torch import nn
 
 from agegender_sb.backends.cpu_speed import plain_torch_modules
+from agegender_sb.backends.fast_linear import unpack_linear_weights
 from agegender_sb.backends.onnx_runtime import (
     INPUT_NAME,
     META_GENDER,
@@ -313,7 +315,20 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     opset = DEFAULT_OPSET if opset is None else int(opset)
+    packed = unpack_linear_weights(model)  # the clone shares the plain weights (one copy)
+    try:
+        return _export(model, path, labels, gender_probabilities, opset, dynamo,
+                       attn_implementation, example_seconds, verbose, fingerprint)
+    finally:
+        if packed:  # the inference classifier's packed Linear weights, packed again
+            gc.collect()  # once the exporter's clone, which shares their storage, is gone
+            for layer in packed:
+                layer.pack()
 
+
+def _export(model, path: Path, labels, gender_probabilities: bool, opset: int, dynamo: bool,
+            attn_implementation: str, example_seconds: float, verbose: bool,
+            fingerprint: str | None) -> Path:
     module = _export_clone(model).eval()
     _fold_weight_norm(module)
     plain_torch_modules(module)  # the plain wav2vec2 modules: plain MatMul in the graph

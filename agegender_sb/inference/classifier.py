@@ -87,6 +87,11 @@ class AgeGenderClassifier(EncoderClassifier):
             self.fast_path = resolve_fast_path(fast_path)  # "auto" → what this CPU runs
             self.fingerprint  # noqa: B018 -- of the float32 weights the fast path derives from
             enable_fast_path(self.mods.model, self.fast_path)
+        elif backend == "torch" and self.device_type == "cpu":
+            from agegender_sb.backends.fast_linear import pack_linear_weights
+
+            self.fingerprint  # noqa: B018 -- hashed from the plain weights (no transient copy)
+            pack_linear_weights(self.mods.model)  # frozen float32 weights: oneDNN's layout
 
     @property
     def settings(self) -> dict:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agegender_sb.backends.fast_linear import OneDNNLinear, onednn_available, use_onednn_linear
+from agegender_sb.backends.fast_linear import (
+    OneDNNLinear,
+    onednn_available,
+    pack_linear_weights,
+    unpack_linear_weights,
+    use_onednn_linear,
+)
 from agegender_sb.model.encoder import Wav2Vec2Encoder
 
 
@@ -61,3 +67,136 @@ def test_encoder_uses_it_and_keeps_its_state_dict_keys():
     x = torch.randn(2, 8000)
     with torch.inference_mode():
         assert torch.allclose(fast(x)[0], plain(x)[0], atol=1e-5)
+
+
+# ------------------------------------------------------------- packed weights
+needs_onednn = pytest.mark.skipif(not onednn_available(), reason="torch built without oneDNN")
+
+
+def _frozen_pair(seed=0):
+    """A frozen oneDNN Linear (as in the inference classifier) and a copy of its weight."""
+    _, fast = _pair(seed)
+    fast.requires_grad_(False)
+    return fast, fast.weight.detach().clone()
+
+
+@needs_onednn
+def test_packed_weight_gives_the_same_products_bit_for_bit():
+    fast, weight = _frozen_pair()
+    param = fast.weight
+    inputs = [torch.randn(2, 64), torch.randn(7, 64), torch.randn(3, 50, 64),
+              torch.randn(1, 299, 64)]
+    with torch.inference_mode():
+        before = [fast(x) for x in inputs]  # oneDNN with the plain weight
+        assert fast.pack() and fast.packed
+        after = [fast(x) for x in inputs]
+    assert fast.weight is param and fast.weight.is_mkldnn  # the same Parameter, repacked
+    for a, b in zip(before, after, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(fast.weight.to_dense(), weight)
+
+
+@needs_onednn
+def test_only_frozen_cpu_float32_weights_are_packed():
+    fast, _ = _frozen_pair()
+    fast.requires_grad_(True)
+    assert not fast.pack()
+    fast.requires_grad_(False)
+    fast.double()
+    assert not fast.pack() and not fast.packed
+
+
+@needs_onednn
+def test_packed_layer_shows_plain_weights_to_state_dict_loading_and_copies():
+    import copy
+    import io
+
+    fast, weight = _frozen_pair(1)
+    fast.pack()
+    state = fast.state_dict()
+    assert state["weight"].layout == torch.strided and torch.equal(state["weight"], weight)
+    assert torch.equal(copy.deepcopy(fast).weight, weight)
+    buffer = io.BytesIO()
+    torch.save(fast, buffer)
+    buffer.seek(0)
+    assert torch.equal(torch.load(buffer, weights_only=False).weight, weight)
+    new = {"weight": torch.randn_like(weight), "bias": torch.randn(96)}
+    fast.load_state_dict(new)
+    assert fast.packed  # loaded, and packed again
+    assert torch.equal(fast.state_dict()["weight"], new["weight"])
+
+
+@needs_onednn
+def test_packed_layer_unpacks_exactly_for_everything_else():
+    fast, weight = _frozen_pair(2)
+    plain = torch.nn.Linear(64, 96)
+    plain.load_state_dict(fast.state_dict())
+    param = fast.weight
+    fast.pack()
+    fast.to("cpu")
+    assert fast.packed  # still a CPU float32 weight
+    fast.requires_grad_(True)  # fine-tuning a loaded classifier: same Parameter object
+    optimiser = torch.optim.SGD(fast.parameters(), lr=0.1)
+    x = torch.randn(4, 64)
+    fast(x).sum().backward()
+    plain(x).sum().backward()
+    assert not fast.packed and fast.weight is param
+    assert torch.allclose(param.grad, plain.weight.grad)
+    optimiser.step()
+    assert not torch.equal(param.detach(), weight)  # the optimiser updated the live weight
+    fast.requires_grad_(False)
+    fast.load_state_dict({"weight": weight, "bias": plain.bias.detach()})
+    assert fast.pack()
+    fast.double()
+    assert not fast.packed and torch.equal(fast.weight, weight.double())
+    container = torch.nn.Sequential(fast.float())
+    fast.pack()
+    use_onednn_linear(container, enabled=False)
+    assert type(container[0]) is torch.nn.Linear and torch.equal(container[0].weight, weight)
+
+
+@needs_onednn
+def test_packing_holds_one_copy_of_the_weights():
+    """Resident memory after packing 256 MB of weights grows by far less than a copy."""
+    import gc
+    import os
+    from pathlib import Path
+
+    statm = Path("/proc/self/statm")
+    if not statm.exists():
+        pytest.skip("no /proc/self/statm")
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss() -> int:
+        gc.collect()
+        return int(statm.read_text().split()[1]) * page
+
+    model = torch.nn.Sequential(*[torch.nn.Linear(1024, 4096) for _ in range(16)])
+    use_onednn_linear(model).requires_grad_(False)
+    weights = sum(m.weight.numel() * 4 for m in model)  # 256 MB, touched by the init
+    before = rss()
+    assert pack_linear_weights(model) == 16
+    grown = rss() - before
+    assert grown < 0.25 * weights, f"{grown / 2**20:.0f} MB more after packing"
+    assert [m.packed for m in model] == [True] * 16
+    unpack_linear_weights(model)
+    assert rss() - before < 0.25 * weights
+
+
+@needs_onednn
+def test_classifier_packs_its_weights_and_computes_the_same(tiny_checkpoint):
+    from agegender_sb import AgeGenderClassifier
+    from agegender_sb.loading.checkpoint import fingerprint
+
+    clf = AgeGenderClassifier.from_hparams(source=tiny_checkpoint)
+    layers = [m for m in clf.mods.model.modules() if isinstance(m, OneDNNLinear)]
+    assert layers and all(m.packed for m in layers)
+    wavs = torch.randn(2, 16000, generator=torch.Generator().manual_seed(0))
+    lens = torch.tensor([1.0, 0.7])
+    packed = clf.predict_batch(wavs, lens)
+    assert fingerprint({"model": clf.mods.model}, clf.labels) == clf.fingerprint
+    assert unpack_linear_weights(clf.mods.model) == layers
+    plain = clf.predict_batch(wavs, lens)
+    assert fingerprint({"model": clf.mods.model}, clf.labels) == clf.fingerprint
+    for name in ("age_raw", "gender_logits", "embedding"):
+        assert torch.equal(getattr(packed, name), getattr(plain, name)), name

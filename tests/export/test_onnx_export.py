@@ -22,6 +22,12 @@ onnx = pytest.importorskip("onnx")
 
 from agegender_sb import AgeGenderClassifier, AudioError  # noqa: E402
 from agegender_sb.backends import onnx_runtime  # noqa: E402
+from agegender_sb.backends.fast_linear import (  # noqa: E402
+    OneDNNLinear,
+    onednn_available,
+    pack_linear_weights,
+    unpack_linear_weights,
+)
 from agegender_sb.backends.onnx_runtime import (  # noqa: E402
     OUTPUT_NAMES,
     OnnxAgeGender,
@@ -254,7 +260,11 @@ def test_export_is_quiet_and_leaves_model_untouched(clf, tmp_path, capfd):
     attention = model.encoder.attention
     grads = [p.requires_grad for p in model.parameters()]
     before = torch_model(clf, wav)
+    layers = [m for m in model.modules() if isinstance(m, OneDNNLinear)]
+    packed = [m.packed for m in layers]
+    assert any(packed) == onednn_available()  # the classifier's Linear weights are packed
 
+    unpack_linear_weights(model)  # as export_onnx does before cloning
     clone = onnx_export._export_clone(model)
     ours = dict(model.named_parameters())
     for name, p in clone.named_parameters():  # a view of the same storage, no copy
@@ -263,6 +273,8 @@ def test_export_is_quiet_and_leaves_model_untouched(clf, tmp_path, capfd):
     clone.encoder.set_attention("eager" if attention == "sdpa" else "sdpa")
     assert clone.encoder.attention != attention
     assert not hasattr(clone.encoder.model.encoder.pos_conv_embed.conv, "parametrizations")
+    del clone
+    pack_linear_weights(model)
 
     capfd.readouterr()
     export_onnx(model, tmp_path / "again.onnx", clf.labels)
@@ -271,9 +283,33 @@ def test_export_is_quiet_and_leaves_model_untouched(clf, tmp_path, capfd):
     assert hasattr(conv, "parametrizations")  # the fold happened on the clone only
     assert model.encoder.attention == attention
     assert [p.requires_grad for p in model.parameters()] == grads
+    assert [m.packed for m in layers] == packed  # unpacked for the export, packed again
     after = torch_model(clf, wav)
     assert torch.equal(before.embedding, after.embedding)
     assert torch.equal(before.gender_logits, after.gender_logits)
+
+
+def test_export_of_a_packed_classifier_shares_its_weights(clf, tmp_path, monkeypatch):
+    """The exporter's clone is a view of the caller's plain weights: a packed classifier is
+    unpacked in place for the export (no second copy of the model), and packed again."""
+    model = clf.mods.model
+    real, seen = onnx_export._export_clone, []
+
+    def spy(module):  # _export_clone recurses through this name: record the top call
+        clone = real(module)
+        if module is not model:
+            return clone
+        ours = dict(model.named_parameters())
+        seen.append([(p.layout, ours[name].layout, p.data_ptr() == ours[name].data_ptr())
+                     for name, p in clone.named_parameters()])
+        return clone
+
+    monkeypatch.setattr(onnx_export, "_export_clone", spy)
+    export_onnx(model, tmp_path / "shared.onnx", clf.labels)
+    assert len(seen) == 1 and seen[0]
+    assert all(share == (torch.strided, torch.strided, True) for share in seen[0])
+    layers = [m for m in model.modules() if isinstance(m, OneDNNLinear)]
+    assert all(m.packed for m in layers) == onednn_available()
 
 
 def test_quiet_exporter_keeps_errors(caplog):
