@@ -41,7 +41,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 CLOCKS = {"wall": time.perf_counter, "CPU time": time.process_time}
-PATHS = ("reference", "package fp32", "package bf16", "package int8", "package int8-cnn")
+PATHS = ("reference", "package fp32", "package fp32 unpacked", "package bf16", "package int8",
+         "package int8-cnn")
 PARTS = ("CNN feature encoder", "feature projection", "positional conv", "attention",
          "feed-forward", "layer norms (transformer)", "pooling + heads")
 
@@ -154,6 +155,7 @@ def main(argv=None) -> None:
     from transformers import Wav2Vec2FeatureExtractor
 
     from agegender_sb import AgeGenderClassifier
+    from agegender_sb.backends.fast_linear import unpack_linear_weights
     from agegender_sb.backends.fast_paths import enable_fast_path
 
     torch.set_num_threads(args.threads)
@@ -163,6 +165,10 @@ def main(argv=None) -> None:
     ref = CardModel.from_pretrained(args.checkpoint).eval()
     fe = Wav2Vec2FeatureExtractor.from_pretrained(args.checkpoint)
     fp32 = AgeGenderClassifier.from_hparams(source=args.checkpoint).mods.model.eval()
+    unpacked = None  # the default path with plain Linear weights (reordered on every call)
+    if "package fp32 unpacked" in args.paths:
+        unpacked = AgeGenderClassifier.from_hparams(source=args.checkpoint).mods.model.eval()
+        unpack_linear_weights(unpacked)
     fast = {kind: enable_fast_path(
         AgeGenderClassifier.from_hparams(source=args.checkpoint).mods.model.eval(), kind)
         for kind in ("bf16", "int8", "int8-cnn") if f"package {kind}" in args.paths}
@@ -171,7 +177,8 @@ def main(argv=None) -> None:
     y = torch.from_numpy(np.asarray(fe(signal, sampling_rate=16000)["input_values"][0],
                                     dtype=np.float32)).reshape(1, -1)
     x = torch.from_numpy(signal).reshape(1, -1)
-    runs = {"reference": (ref, y), "package fp32": (fp32, x)}
+    runs = {"reference": (ref, y), "package fp32": (fp32, x),
+            "package fp32 unpacked": (unpacked, x)}
     runs.update({f"package {kind}": (model, x) for kind, model in fast.items()})
     runs = {name: run for name, run in runs.items() if name in args.paths}
     for model, _ in runs.values():
@@ -241,24 +248,29 @@ def main(argv=None) -> None:
               + ". Each row twice: timed by the wall clock, and by the process's CPU time "
               "(with one thread, the time it ran; on a shared machine the wall clock also "
               "counts the time other processes held the core).", "",
-              "| precision, clock | GEMM rate (GFLOP/s) | floor (ms) | reference / floor | "
-              "package path of this precision / floor | share of the floor (floor / path; "
-              "median of the rounds [min-max]) |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+              "| precision, clock | package path | GEMM rate (GFLOP/s) | floor (ms) | "
+              "reference / floor | package path / floor | share of the floor (floor / path; "
+              "median of the rounds [min-max]) |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for clock in CLOCKS:
         for precision, values in rates[clock].items():
             rate = float(np.median(values))
             floor_ms = flops / rate / 1e6
-            path = "package bf16" if precision == "bf16" else "package fp32"
             passes = walls[clock]
-            cells = [f"{np.median(passes[n]) / floor_ms:.2f}×" if n in passes else "—"
-                     for n in ("reference", path)]
-            if path in passes:  # floor and pass measured in the same round
-                shares = [flops / r / 1e6 / w for r, w in zip(values, passes[path], strict=True)]
-                cells.append(f"{np.median(shares):.2f} [{min(shares):.2f}-{max(shares):.2f}]")
-            else:
-                cells.append("—")
-            lines.append(f"| {precision}, {clock} | {rate:.0f} | {floor_ms:.0f} | "
-                         + " | ".join(cells) + " |")
+            paths = (["package bf16"] if precision == "bf16" else
+                     [n for n in ("package fp32", "package fp32 unpacked") if n in passes])
+            for path in paths or ["—"]:
+                cells = [f"{np.median(passes[n]) / floor_ms:.2f}×" if n in passes else "—"
+                         for n in ("reference", path)]
+                if path in passes:  # floor and pass measured in the same round
+                    shares = [flops / r / 1e6 / w
+                              for r, w in zip(values, passes[path], strict=True)]
+                    cells.append(f"{np.median(shares):.2f} "
+                                 f"[{min(shares):.2f}-{max(shares):.2f}]")
+                else:
+                    cells.append("—")
+                lines.append(f"| {precision}, {clock} | {path} | {rate:.0f} | {floor_ms:.0f} | "
+                             + " | ".join(cells) + " |")
     text = "\n".join(lines)
     print(text)
     if args.output:
