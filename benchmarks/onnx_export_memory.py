@@ -55,7 +55,7 @@ def load(args) -> dict:
     from agegender_sb import AgeGenderClassifier
 
     start = time.perf_counter()
-    AgeGenderClassifier.from_hparams(source=args.checkpoint)
+    AgeGenderClassifier.from_hparams(source=args.checkpoint, pack_weights=False)  # as export-onnx
     return {"load_s": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
 
 
@@ -67,7 +67,7 @@ def export(args, exporter: str) -> dict:
     from agegender_sb.export.onnx import export_onnx
 
     torch.set_num_threads(args.threads)
-    clf = AgeGenderClassifier.from_hparams(source=args.checkpoint)
+    clf = AgeGenderClassifier.from_hparams(source=args.checkpoint, pack_weights=False)
     after_load = peak_rss_mb()
     out = Path(args.workdir) / f"model-{exporter}.onnx"
     start = time.perf_counter()

@@ -50,12 +50,13 @@ def load_errors():
 
 def load_classifier(source: str, device: str, backend: str = "torch", precision: str = "fp32",
                     onnx_path: str | None = None, trust_remote_code: bool = False,
-                    fast_path: str | None = None, allow_other_onnx: bool = False):
+                    fast_path: str | None = None, allow_other_onnx: bool = False,
+                    pack_weights: bool = True):
     """The classifier, as ``AgeGenderClassifier.from_hparams`` loads it."""
     from agegender_sb.inference.classifier import AgeGenderClassifier
 
     return AgeGenderClassifier.from_hparams(
         source=source, run_opts={"device": device, "precision": precision}, backend=backend,
         onnx_path=onnx_path, trust_remote_code=trust_remote_code, fast_path=fast_path,
-        allow_other_onnx=allow_other_onnx)
+        allow_other_onnx=allow_other_onnx, pack_weights=pack_weights)
 

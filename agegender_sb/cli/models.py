@@ -105,7 +105,8 @@ def cmd_export_onnx(args) -> int:
     try:
         from agegender_sb.export.onnx import export_onnx, quantize_onnx_dynamic
 
-        clf = load_classifier(args.src, "cpu", trust_remote_code=args.trust_remote_code)
+        clf = load_classifier(args.src, "cpu", trust_remote_code=args.trust_remote_code,
+                              pack_weights=False)  # exported at once: no pack/unpack
         out = export_onnx(clf.mods.model, out, clf.labels,
                           gender_probabilities=args.probabilities, fingerprint=clf.fingerprint)
         print(f"wrote {out}")

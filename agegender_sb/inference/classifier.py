@@ -60,7 +60,8 @@ class AgeGenderClassifier(EncoderClassifier):
     HPARAMS_NEEDED = ["gender_labels", "sample_rate", "age_scale"]
 
     def __init__(self, *args, backend: str = "torch", onnx_path=None, onnx_threads=None,
-                 fast_path: str | None = None, allow_other_onnx: bool = False, **kwargs):
+                 fast_path: str | None = None, allow_other_onnx: bool = False,
+                 pack_weights: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.labels = tuple(self.hparams.gender_labels)
         self.source_layout = getattr(self.hparams, "source_kind", "speechbrain")
@@ -87,7 +88,7 @@ class AgeGenderClassifier(EncoderClassifier):
             self.fast_path = resolve_fast_path(fast_path)  # "auto" → what this CPU runs
             self.fingerprint  # noqa: B018 -- of the float32 weights the fast path derives from
             enable_fast_path(self.mods.model, self.fast_path)
-        elif backend == "torch" and self.device_type == "cpu":
+        elif pack_weights and backend == "torch" and self.device_type == "cpu":
             from agegender_sb.backends.fast_linear import pack_linear_weights
 
             self.fingerprint  # noqa: B018 -- hashed from the plain weights (no transient copy)
@@ -160,7 +161,11 @@ class AgeGenderClassifier(EncoderClassifier):
             products in bfloat16; for CPUs with AMX or AVX512-BF16), ``"int8"`` (the
             transformer's in int8), ``"auto"`` (bf16 where the CPU has it, else int8;
             ``clf.fast_path`` says which): faster, not the reference's numbers
-            (docs/speed.md).
+            (docs/speed.md). ``pack_weights`` (default True; CPU torch backend without a fast
+            path): hold the frozen float32 Linear weights in oneDNN's blocked layout, in place of
+            the plain ones (the same numbers, no per-call reorder;
+            :func:`~agegender_sb.backends.fast_linear.pack_linear_weights`); False keeps them
+            plain, e.g. to export the model at once.
 
         Raises
         ------

@@ -8,7 +8,6 @@ import torch
 from agegender_sb.backends.fast_linear import (
     OneDNNLinear,
     onednn_available,
-    pack_linear_weights,
     unpack_linear_weights,
     use_onednn_linear,
 )
@@ -155,32 +154,47 @@ def test_packed_layer_unpacks_exactly_for_everything_else():
     assert type(container[0]) is torch.nn.Linear and torch.equal(container[0].weight, weight)
 
 
+_ONE_COPY_SCRIPT = """
+import gc, os, sys
+import torch
+from agegender_sb.backends.fast_linear import (
+    pack_linear_weights, unpack_linear_weights, use_onednn_linear)
+
+def rss():
+    gc.collect()
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+model = torch.nn.Sequential(*[torch.nn.Linear(1024, 4096) for _ in range(16)])
+use_onednn_linear(model).requires_grad_(False)
+start = rss()
+n = pack_linear_weights(model)
+packed = rss()
+assert all(m.packed for m in model)
+unpack_linear_weights(model)
+print(n, packed - start, rss() - start)
+"""
+
+
 @needs_onednn
 def test_packing_holds_one_copy_of_the_weights():
-    """Resident memory after packing 256 MB of weights grows by far less than a copy."""
-    import gc
-    import os
+    """Resident memory after packing 256 MB of weights (and after unpacking them) grows by
+    far less than a copy; measured in a fresh process, whose allocator state is known."""
+    import subprocess
+    import sys
     from pathlib import Path
 
-    statm = Path("/proc/self/statm")
-    if not statm.exists():
+    if not Path("/proc/self/statm").exists():
         pytest.skip("no /proc/self/statm")
-    page = os.sysconf("SC_PAGE_SIZE")
-
-    def rss() -> int:
-        gc.collect()
-        return int(statm.read_text().split()[1]) * page
-
-    model = torch.nn.Sequential(*[torch.nn.Linear(1024, 4096) for _ in range(16)])
-    use_onednn_linear(model).requires_grad_(False)
-    weights = sum(m.weight.numel() * 4 for m in model)  # 256 MB, touched by the init
-    before = rss()
-    assert pack_linear_weights(model) == 16
-    grown = rss() - before
-    assert grown < 0.25 * weights, f"{grown / 2**20:.0f} MB more after packing"
-    assert [m.packed for m in model] == [True] * 16
-    unpack_linear_weights(model)
-    assert rss() - before < 0.25 * weights
+    out = subprocess.run([sys.executable, "-c", _ONE_COPY_SCRIPT], capture_output=True,
+                         text=True, check=True, timeout=300).stdout.split()
+    layers, after_pack, after_unpack = (int(v) for v in out[-3:])
+    weights = 16 * 4096 * 1024 * 4
+    assert layers == 16
+    assert after_pack < 0.25 * weights, f"{after_pack / 2**20:.0f} MB more after packing"
+    # unpacking frees blocks from glibc's heap, which fragments (about a third of the
+    # weights measured); two copies would be the whole 256 MB
+    assert after_unpack < 0.6 * weights, f"{after_unpack / 2**20:.0f} MB more after unpacking"
 
 
 @needs_onednn
@@ -200,3 +214,5 @@ def test_classifier_packs_its_weights_and_computes_the_same(tiny_checkpoint):
     assert fingerprint({"model": clf.mods.model}, clf.labels) == clf.fingerprint
     for name in ("age_raw", "gender_logits", "embedding"):
         assert torch.equal(getattr(packed, name), getattr(plain, name)), name
+    kept = AgeGenderClassifier.from_hparams(source=tiny_checkpoint, pack_weights=False)
+    assert not any(m.packed for m in kept.mods.model.modules() if isinstance(m, OneDNNLinear))
