@@ -10,12 +10,15 @@ The default path keeps a candidate only where it is faster here *and* within 1e-
 - attention (after the projections): PyTorch's flash kernel for CPU (``F.scaled_dot_product_
   attention``, the default) against the explicit products ``bmm`` + ``softmax`` + ``bmm``
   (views of the projections, or contiguous copies), and a loop of per-head ``mm``;
-- feed-forward up-projection and GELU: oneDNN Linear then in-place GELU (the default) against
-  oneDNN's fused GELU post-op, MKL (``F.linear``), and oneDNN with a pre-packed weight (a
-  second copy of every weight: +1.2 GB for the full-size model);
+- feed-forward up-projection and GELU: oneDNN Linear with the packed weight then in-place
+  GELU (the default, ``backends.fast_linear.pack_linear_weights``) against the plain weight
+  (oneDNN reorders it on every call), oneDNN's fused GELU post-op, and MKL (``F.linear``);
 - q/k/v projections: three oneDNN Linear (the default) against one over the stacked weights;
 - the CNN's first layer (a product over strided frames, layer norm, GELU): whole (the
-  default) against blocks of 256 frames kept in cache.
+  default) against blocks of 256 frames kept in cache;
+- the CNN's second layer (kernel 3, stride 2, 512 → 512 channels over 19199 frames): oneDNN's
+  channels-last convolution (the default) against one oneDNN product over the overlapping
+  frames (a strided view, or copied contiguous first), with a packed weight.
 
 Usage::
 
@@ -70,15 +73,18 @@ def groups():
     w, b = torch.randn(FF, D, generator=g) / 32, torch.randn(FF, generator=g) * 0.1
     packed = mk._reorder_linear_weight(w)
     up = {
-        "oneDNN Linear + gelu_ (default)": lambda: torch.ops.aten.gelu_(
-            mk._linear_pointwise(x, w, b, "none", [], "")),
-        "oneDNN fused GELU post-op": lambda: mk._linear_pointwise(x, w, b, "gelu", [], "none"),
-        "MKL F.linear + gelu_": lambda: torch.ops.aten.gelu_(F.linear(x, w, b)),
-        "oneDNN packed weight + gelu_": lambda: torch.ops.aten.gelu_(
+        "oneDNN packed weight + gelu_ (default)": lambda: torch.ops.aten.gelu_(
             mk._linear_pointwise(x, packed, b, "none", [], "")),
+        "oneDNN plain weight + gelu_": lambda: torch.ops.aten.gelu_(
+            mk._linear_pointwise(x, w, b, "none", [], "")),
+        "oneDNN fused GELU post-op": lambda: mk._linear_pointwise(x, packed, b, "gelu", [],
+                                                                  "none"),
+        "MKL F.linear + gelu_": lambda: torch.ops.aten.gelu_(F.linear(x, w, b)),
     }
-    ws = [(torch.randn(D, D, generator=g) / 32, torch.randn(D, generator=g)) for _ in range(3)]
-    w3, b3 = torch.cat([a for a, _ in ws]), torch.cat([c for _, c in ws])
+    ws = [(mk._reorder_linear_weight(torch.randn(D, D, generator=g) / 32),
+           torch.randn(D, generator=g)) for _ in range(3)]
+    w3 = mk._reorder_linear_weight(torch.cat([a.to_dense() for a, _ in ws]))
+    b3 = torch.cat([c for _, c in ws])
     projections = {
         "three oneDNN Linear (default)": lambda: [
             mk._linear_pointwise(x, a, c, "none", [], "") for a, c in ws],
@@ -102,8 +108,26 @@ def groups():
         return out
 
     cnn = {"whole (default)": cnn_whole, "blocks of 256 frames": cnn_blocks}
+    h1 = torch.randn(1, 19199, 512, generator=g)  # [B, T, C] after the first layer
+    wk = torch.randn(512, 512, 3, generator=g) / 40  # [out, in, kernel]
+    bk = torch.randn(512, generator=g) * 0.1
+    wcl = wk.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+    wfr = mk._reorder_linear_weight(wk.permute(0, 2, 1).reshape(512, 3 * 512).contiguous())
+
+    def conv_channels_last():  # FastFeatureEncoder._multi_channel
+        y = F.conv2d(h1.transpose(1, 2).unsqueeze(2), wcl, bk, stride=(1, 2))
+        return y.squeeze(2).transpose(1, 2).contiguous()
+
+    conv = {
+        "channels-last convolution (default)": conv_channels_last,
+        "one product over frames (view)": lambda: mk._linear_pointwise(
+            frames(h1, 3, 2), wfr, bk, "none", [], ""),
+        "one product over frames (contiguous)": lambda: mk._linear_pointwise(
+            frames(h1, 3, 2).contiguous(), wfr, bk, "none", [], ""),
+    }
     return {"attention, one layer": attention, "feed-forward up + GELU, one layer": up,
-            "q/k/v projections, one layer": projections, "CNN first layer + LN + GELU": cnn}
+            "q/k/v projections, one layer": projections, "CNN first layer + LN + GELU": cnn,
+            "CNN second layer (k=3, stride 2)": conv}
 
 
 def _tensor(out):
