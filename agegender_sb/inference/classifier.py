@@ -88,7 +88,8 @@ class AgeGenderClassifier(EncoderClassifier):
             self.fast_path = resolve_fast_path(fast_path)  # "auto" → what this CPU runs
             self.fingerprint  # noqa: B018 -- of the float32 weights the fast path derives from
             enable_fast_path(self.mods.model, self.fast_path)
-        elif pack_weights and backend == "torch" and self.device_type == "cpu":
+        elif (pack_weights and backend == "torch" and self.device_type == "cpu"
+              and self.precision == "fp32"):  # autocast would unpack them at once
             from agegender_sb.backends.fast_linear import pack_linear_weights
 
             self.fingerprint  # noqa: B018 -- hashed from the plain weights (no transient copy)
@@ -161,9 +162,9 @@ class AgeGenderClassifier(EncoderClassifier):
             products in bfloat16; for CPUs with AMX or AVX512-BF16), ``"int8"`` (the
             transformer's in int8), ``"auto"`` (bf16 where the CPU has it, else int8;
             ``clf.fast_path`` says which): faster, not the reference's numbers
-            (docs/speed.md). ``pack_weights`` (default True; CPU torch backend without a fast
-            path): hold the frozen float32 Linear weights in oneDNN's blocked layout, in place of
-            the plain ones (the same numbers, no per-call reorder;
+            (docs/speed.md). ``pack_weights`` (default True; CPU float32 torch backend without
+            a fast path): hold the frozen float32 Linear weights in oneDNN's blocked layout, in
+            place of the plain ones (the same numbers, no per-call reorder;
             :func:`~agegender_sb.backends.fast_linear.pack_linear_weights`); False keeps them
             plain, e.g. to export the model at once.
 

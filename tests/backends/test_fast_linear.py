@@ -214,5 +214,7 @@ def test_classifier_packs_its_weights_and_computes_the_same(tiny_checkpoint):
     assert fingerprint({"model": clf.mods.model}, clf.labels) == clf.fingerprint
     for name in ("age_raw", "gender_logits", "embedding"):
         assert torch.equal(getattr(packed, name), getattr(plain, name)), name
-    kept = AgeGenderClassifier.from_hparams(source=tiny_checkpoint, pack_weights=False)
-    assert not any(m.packed for m in kept.mods.model.modules() if isinstance(m, OneDNNLinear))
+    for kwargs in ({"pack_weights": False}, {"run_opts": {"precision": "bf16"}}):
+        kept = AgeGenderClassifier.from_hparams(source=tiny_checkpoint, **kwargs)
+        assert not any(m.packed for m in kept.mods.model.modules()
+                       if isinstance(m, OneDNNLinear)), kwargs
