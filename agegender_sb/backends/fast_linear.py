@@ -8,7 +8,8 @@ layers to oneDNN for inference only; training, autocast, other devices and build
 oneDNN take PyTorch's usual path, and parameters and ``state_dict`` keys are unchanged.
 
 Given a plain weight, oneDNN reorders it into its blocked layout on every call: 1.2 GB of
-copying per pass of the 24-layer model, 4 % of a 6 s pass on an AVX2 EPYC (docs/speed.md).
+copying per pass of the 24-layer model, 4.5 % of the Linear layers' time on an AVX2 EPYC
+(benchmarks/RESULTS.md).
 :func:`pack_linear_weights` does that reorder once, in place of the plain weight rather than
 beside it (one copy of the model): for frozen CPU float32 weights, the inference classifier's.
 The packed weight gives the same products bit for bit, and is unpacked exactly (a reorder is a
