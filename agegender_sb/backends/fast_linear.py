@@ -44,8 +44,9 @@ def onednn_available() -> bool:
 class OneDNNLinear(torch.nn.Linear):
     """``nn.Linear`` that runs inference on the CPU through oneDNN.
 
-    The fast path is taken for float32 CPU tensors when no gradient is needed and autocast is
-    off; everything else goes through ``nn.Linear.forward``.
+    The fast path is taken for float32 CPU tensors when no gradient is needed, autocast is
+    off and ``torch.compile`` is not tracing (inductor lowers ``F.linear`` itself); everything
+    else goes through ``nn.Linear.forward``.
 
     Example
     -------
@@ -64,6 +65,7 @@ class OneDNNLinear(torch.nn.Linear):
             and self.weight.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu")
             and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
+            and not torch.compiler.is_compiling()  # inductor cannot lower this operator
             and onednn_available()
         )
 
