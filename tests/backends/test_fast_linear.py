@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -220,6 +222,8 @@ def test_classifier_packs_its_weights_and_computes_the_same(tiny_checkpoint):
                        if isinstance(m, OneDNNLinear)), kwargs
 
 
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                    reason="torch.compile's CPU code generation needs a C++ compiler")
 def test_torch_compile_runs_the_classifiers_model(tiny_checkpoint):
     """``torch.compile`` traces the plain ``F.linear`` (inductor cannot lower oneDNN's
     operator with a weight that is not a graph constant); a packed weight is unpacked on the
