@@ -20,6 +20,7 @@ loading, ``.to()``/``.double()`` and any call off the inference path unpack firs
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -119,20 +120,23 @@ class OneDNNLinear(torch.nn.Linear):
         if self.packed:  # a plain copy: checkpoints and fingerprints never see the packing
             destination[prefix + "weight"] = self.weight.detach().to_dense()
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    @contextlib.contextmanager
+    def _plain_weight(self):
+        """The plain weight inside the block; packed again after it if it was packed before
+        (:meth:`pack` declines unless it is still a frozen CPU float32 weight)."""
         packed = self.packed
         self.unpack()
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        yield
         if packed:
             self.pack()
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        with self._plain_weight():
+            super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _apply(self, fn, recurse=True):  # .to(), .double(), .cuda(), ...: on the plain weight
-        packed = self.packed
-        self.unpack()
-        out = super()._apply(fn, recurse)
-        if packed:
-            self.pack()  # declined unless still a frozen CPU float32 weight
-        return out
+        with self._plain_weight():
+            return super()._apply(fn, recurse)
 
     def __getstate__(self):  # pickling and copy.deepcopy: a plain weight
         state = super().__getstate__()
