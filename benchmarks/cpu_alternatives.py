@@ -14,11 +14,16 @@ The default path keeps a candidate only where it is faster here *and* within 1e-
   GELU (the default, ``backends.fast_linear.pack_linear_weights``) against the plain weight
   (oneDNN reorders it on every call), oneDNN's fused GELU post-op, and MKL (``F.linear``);
 - q/k/v projections: three oneDNN Linear (the default) against one over the stacked weights;
-- the CNN's first layer (a product over strided frames, layer norm, GELU): whole (the
-  default) against blocks of 256 frames kept in cache;
+- the CNN's first layer (a product over strided frames, layer norm, GELU): whole against
+  blocks of 256 frames kept in cache (the default since it measured faster on AVX2 and
+  AVX-512 CPUs);
 - the CNN's second layer (kernel 3, stride 2, 512 → 512 channels over 19199 frames): oneDNN's
-  channels-last convolution (the default) against one oneDNN product over the overlapping
-  frames (a strided view, or copied contiguous first), with a packed weight.
+  channels-last convolution (the default where PyTorch runs AVX2 kernels) against one oneDNN
+  product over the overlapping frames (a strided view, or copied contiguous first), with a
+  packed weight (the default where it runs AVX-512 kernels, there in blocks of 1024 frames
+  with their layer norm and GELU: ``cpu_speed.frame_products_faster``).
+
+The first candidate of each group is the reference of the "vs" column.
 
 Usage::
 
@@ -107,7 +112,7 @@ def groups():
             out[0, s:s + rows] = torch.ops.aten.gelu_(y)
         return out
 
-    cnn = {"whole (default)": cnn_whole, "blocks of 256 frames": cnn_blocks}
+    cnn = {"whole": cnn_whole, "blocks of 256 frames (default)": cnn_blocks}
     h1 = torch.randn(1, 19199, 512, generator=g)  # [B, T, C] after the first layer
     wk = torch.randn(512, 512, 3, generator=g) / 40  # [out, in, kernel]
     bk = torch.randn(512, generator=g) * 0.1
@@ -119,8 +124,8 @@ def groups():
         return y.squeeze(2).transpose(1, 2).contiguous()
 
     conv = {
-        "channels-last convolution (default)": conv_channels_last,
-        "one product over frames (view)": lambda: mk._linear_pointwise(
+        "channels-last convolution (default on AVX2)": conv_channels_last,
+        "one product over frames (view; AVX-512)": lambda: mk._linear_pointwise(
             frames(h1, 3, 2), wfr, bk, "none", [], ""),
         "one product over frames (contiguous)": lambda: mk._linear_pointwise(
             frames(h1, 3, 2).contiguous(), wfr, bk, "none", [], ""),
@@ -148,8 +153,9 @@ def main(argv=None) -> None:
                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
                "?")
     lines = [f"{cpu}, {args.threads} thread(s), torch {torch.__version__}; median CPU time "
-             f"per call over {args.repeats} interleaved rounds [min-max].", "",
-             "| operator | candidate | ms per call | vs default | max abs diff from default |",
+             f"per call over {args.repeats} interleaved rounds [min-max]; \"vs\": against the "
+             "first candidate of each group.", "",
+             "| operator | candidate | ms per call | vs first | max abs diff from first |",
              "| --- | --- | ---: | ---: | ---: |"]
     with torch.inference_mode():
         for group, runs in groups().items():

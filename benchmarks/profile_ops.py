@@ -18,6 +18,11 @@ clock and by the process's CPU time (with one thread, the time it ran: on a shar
 wall clock also counts the time other processes held the core); the share of the floor
 (floor / pass) is given per round, floor and pass measured in the same round.
 
+Two more paths undo one speed-up of the default float32 path each, to measure what it gives
+in the same run: ``"package fp32 unpacked"`` (plain Linear weights, reordered by oneDNN on
+every call) and ``"package fp32 conv"`` (the feature encoder's convolutions as oneDNN
+convolutions, each layer norm over the whole layer).
+
 Usage::
 
     python benchmarks/profile_ops.py --seconds 6 --threads 1 --output ops.md
@@ -41,8 +46,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 CLOCKS = {"wall": time.perf_counter, "CPU time": time.process_time}
-PATHS = ("reference", "package fp32", "package fp32 unpacked", "package bf16", "package int8",
-         "package int8-cnn")
+PATHS = ("reference", "package fp32", "package fp32 unpacked", "package fp32 conv",
+         "package bf16", "package int8", "package int8-cnn")
+#: the default float32 path with one of its speed-ups undone, to measure what it gives
+ABLATIONS = ("package fp32 unpacked", "package fp32 conv")
 PARTS = ("CNN feature encoder", "feature projection", "positional conv", "attention",
          "feed-forward", "layer norms (transformer)", "pooling + heads")
 
@@ -155,6 +162,7 @@ def main(argv=None) -> None:
     from transformers import Wav2Vec2FeatureExtractor
 
     from agegender_sb import AgeGenderClassifier
+    from agegender_sb.backends.cpu_speed import FastFeatureEncoder
     from agegender_sb.backends.fast_linear import unpack_linear_weights
     from agegender_sb.backends.fast_paths import enable_fast_path
 
@@ -169,6 +177,13 @@ def main(argv=None) -> None:
     if "package fp32 unpacked" in args.paths:
         unpacked = AgeGenderClassifier.from_hparams(source=args.checkpoint).mods.model.eval()
         unpack_linear_weights(unpacked)
+    conv = None  # the default path with the feature encoder's oneDNN convolutions, unblocked
+    if "package fp32 conv" in args.paths:
+        conv = AgeGenderClassifier.from_hparams(source=args.checkpoint).mods.model.eval()
+        for cnn in conv.modules():
+            if isinstance(cnn, FastFeatureEncoder):
+                cnn.frame_products = False
+                cnn.first_block_frames = cnn.block_frames = 2 ** 62
     fast = {kind: enable_fast_path(
         AgeGenderClassifier.from_hparams(source=args.checkpoint).mods.model.eval(), kind)
         for kind in ("bf16", "int8", "int8-cnn") if f"package {kind}" in args.paths}
@@ -178,7 +193,7 @@ def main(argv=None) -> None:
                                     dtype=np.float32)).reshape(1, -1)
     x = torch.from_numpy(signal).reshape(1, -1)
     runs = {"reference": (ref, y), "package fp32": (fp32, x),
-            "package fp32 unpacked": (unpacked, x)}
+            "package fp32 unpacked": (unpacked, x), "package fp32 conv": (conv, x)}
     runs.update({f"package {kind}": (model, x) for kind, model in fast.items()})
     runs = {name: run for name, run in runs.items() if name in args.paths}
     for model, _ in runs.values():
@@ -258,7 +273,7 @@ def main(argv=None) -> None:
             floor_ms = flops / rate / 1e6
             passes = walls[clock]
             paths = (["package bf16"] if precision == "bf16" else
-                     [n for n in ("package fp32", "package fp32 unpacked") if n in passes])
+                     [n for n in ("package fp32", *ABLATIONS) if n in passes])
             for path in paths or ["—"]:
                 cells = [f"{np.median(passes[n]) / floor_ms:.2f}×" if n in passes else "—"
                          for n in ("reference", path)]

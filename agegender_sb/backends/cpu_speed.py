@@ -11,7 +11,9 @@ inference only:
 
 - keep the feature encoder in ``[batch, time, channels]`` (channels-last) layout: the first
   convolution (one input channel) as a matrix product over a strided view of the signal, the
-  others as oneDNN channels-last convolutions, layer norms over contiguous rows, GELU in place;
+  others as oneDNN products over the overlapping frames they read where the CPU runs those
+  faster (AVX-512), else as oneDNN channels-last convolutions; layer norms over contiguous
+  rows and GELU in place, on blocks of frames while they are in cache;
 - compute the positional convolution's weight norm once and keep it until a weight changes
   (keyed on the parameters' version counters), and run that convolution channels-last too;
 - apply the feed-forward's GELU in place (oneDNN's fused GELU post-op measured slower).
@@ -25,15 +27,18 @@ the audEERING models' (``feat_extract_norm="layer"``, GELU activations) take the
 
 from __future__ import annotations
 
+import functools
 import weakref
 
 import torch
 import torch.nn.functional as F
 
+from agegender_sb.backends.fast_linear import onednn_available, use_onednn_linear
 from agegender_sb.model import wav2vec2 as w2v
 
 __all__ = ["FastFeatureEncoder", "FastPositionalConv", "FastFeedForward", "cached", "frames",
-           "inference_fp32_cpu", "use_fast_cpu_modules", "plain_torch_modules"]
+           "frame_products_faster", "frame_weight", "inference_fp32_cpu", "use_fast_cpu_modules",
+           "plain_torch_modules"]
 
 
 def inference_fp32_cpu(x: torch.Tensor, module: torch.nn.Module) -> bool:
@@ -70,10 +75,15 @@ def _gelu_inplace(x: torch.Tensor) -> torch.Tensor:
 class FastFeatureEncoder(w2v.Wav2Vec2FeatureEncoder):
     """The feature encoder, channels-last in CPU float32 inference.
 
-    The multi-channel convolutions go through :meth:`_multi_channel_weights` and
-    :meth:`_multi_channel`, which the opt-in bf16 fast path
-    (:mod:`agegender_sb.backends.fast_paths`)
-    overrides; layer norms compute in float32 either way, and the output is float32.
+    The first convolution (one input channel) is a product over a strided view of the
+    signal. The others are products over the overlapping frames they read, or oneDNN's
+    channels-last convolution, by :attr:`frame_products` (by default what this CPU runs
+    faster, :func:`frame_products_faster`). Each layer's layer norm and GELU run on blocks
+    of its output frames while they are in cache. The products over frames go through
+    :meth:`_frames_weights` and :meth:`_frames_product`, which the opt-in bf16 fast path
+    (:mod:`agegender_sb.backends.fast_paths`) overrides; layer norms compute in float32
+    either way, and the output is float32. Under ``torch.compile`` it traces as the plain
+    encoder.
 
     Example
     -------
@@ -88,6 +98,17 @@ class FastFeatureEncoder(w2v.Wav2Vec2FeatureEncoder):
     ('FastFeatureEncoder', torch.Size([2, 8, 12]), True)
     """
 
+    #: output frames per block: each block's layer norm and GELU run while its product's
+    #: output is still in cache (the first layer's and the products' over frames)
+    first_block_frames = 256
+    block_frames = 1024
+    #: the multi-channel convolutions as products over frames (True), as oneDNN's
+    #: channels-last convolution (False), or as this CPU is measured to favour (None:
+    #: :func:`frame_products_faster`); set on an instance to choose
+    frame_products: bool | None = None
+    #: the dtype the products over frames take (the bf16 fast path's subclass: bfloat16)
+    frames_dtype = torch.float32
+
     def supported(self) -> bool:
         """Whether this encoder's configuration is the one the channels-last path computes
         (layer-norm convolutions, exact GELU, no padding, dilation or groups)."""
@@ -97,48 +118,118 @@ class FastFeatureEncoder(w2v.Wav2Vec2FeatureEncoder):
                    and layer.conv.groups == 1
                    for layer in self.conv_layers)
 
+    def _use_frame_products(self) -> bool:
+        chosen = self.frame_products
+        if chosen is None:
+            return frame_products_faster()
+        return bool(chosen) and onednn_available()
+
     def _weights(self):
+        as_frames = self._use_frame_products()
         out = []
         for i, layer in enumerate(self.conv_layers):
             w, b = layer.conv.weight.detach(), layer.conv.bias  # [out, in, kernel]
             if i == 0 and w.shape[1] == 1:  # [out, kernel]: a Linear over frames
                 out.append((w[:, 0, :].contiguous(), b))
+            elif as_frames:
+                out.append(self._frames_weights(layer.conv))
             else:
-                out.append(self._multi_channel_weights(layer.conv))
-        return out
+                w = w.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+                out.append((w, b))  # [out, in, 1, kernel] channels-last, for oneDNN
+        return as_frames, out
 
-    def _multi_channel_weights(self, conv: torch.nn.Conv1d):
-        """A multi-channel convolution's weights as :meth:`_multi_channel` takes them:
-        ``[out, in, 1, kernel]`` in channels-last order for oneDNN, and the bias."""
-        w = conv.weight.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last)
-        return w, conv.bias
+    def _frames_weights(self, conv: torch.nn.Conv1d):
+        """A multi-channel convolution's weights as :meth:`_frames_product` takes them:
+        ``[out, kernel * in]`` (:func:`frame_weight`) packed for oneDNN, and the bias."""
+        return torch.ops.mkldnn._reorder_linear_weight(frame_weight(conv)), conv.bias
 
-    def _multi_channel(self, layer, x: torch.Tensor, weights) -> torch.Tensor:
-        """One multi-channel convolution: ``[B, T, C]`` contiguous → ``[B, T', C']``."""
-        conv = layer.conv
-        if getattr(layer, "int8_frames", None) is not None:  # enable_fast_path int8-cnn
-            return layer.int8_frames(frames(x, conv.kernel_size[0], conv.stride[0]))
+    def _frames_product(self, rows: torch.Tensor, weights) -> torch.Tensor:
+        """One block of a multi-channel convolution as a product over its frames:
+        ``[B, n, kernel * C]`` → ``[B, n, C']``."""
+        w, bias = weights
+        return torch.ops.mkldnn._linear_pointwise(rows, w, bias, "none", [], "")
+
+    def _convolution(self, layer, x: torch.Tensor, weights) -> torch.Tensor:
+        """One multi-channel convolution by oneDNN, channels-last:
+        ``[B, T, C]`` contiguous → ``[B, T', C']``."""
         w, bias = weights
         nchw = x.transpose(1, 2).unsqueeze(2)  # [B, T, C] contiguous == NHWC [B, 1, T, C]
-        y = F.conv2d(nchw, w, bias, stride=(1, conv.stride[0])).squeeze(2).transpose(1, 2)
+        y = F.conv2d(nchw, w, bias, stride=(1, layer.conv.stride[0])).squeeze(2).transpose(1, 2)
         return y if y.is_contiguous() else y.contiguous()  # oneDNN chose another layout
 
     def forward(self, input_values: torch.Tensor) -> torch.Tensor:
-        if not (self.supported() and inference_fp32_cpu(input_values, self)):
+        if (torch.compiler.is_compiling()  # inductor lowers the plain layers itself
+                or not (self.supported() and inference_fp32_cpu(input_values, self))):
             return super().forward(input_values)
-        weights = cached(self, self._weights)
+        as_frames, weights = cached(self, self._weights)
+        if as_frames != self._use_frame_products():  # frame_products changed since
+            _CACHE.pop(self, None)
+            as_frames, weights = cached(self, self._weights)
         x = input_values
         for i, (layer, (w, bias)) in enumerate(zip(self.conv_layers, weights)):
-            conv = layer.conv
-            if i == 0 and conv.in_channels == 1:  # [B, T] → [B, T', k] frames (a view)
-                x = F.linear(frames(x.contiguous().unsqueeze(-1), conv.kernel_size[0],
-                                    conv.stride[0]), w, bias)  # [B, T', C]
+            k, stride = layer.conv.kernel_size[0], layer.conv.stride[0]
+            if i == 0 and layer.conv.in_channels == 1:  # [B, T] → [B, T', k] frames (a view)
+                x = _in_blocks(layer, frames(x.contiguous().unsqueeze(-1), k, stride),
+                               functools.partial(F.linear, weight=w, bias=bias),
+                               self.first_block_frames)
+            elif getattr(layer, "int8_frames", None) is not None:  # fast path int8-cnn
+                x = _norm_gelu(layer, layer.int8_frames(frames(x, k, stride)))
+            elif as_frames:
+                x = _in_blocks(layer, frames(x.to(self.frames_dtype), k, stride),
+                               functools.partial(self._frames_product, weights=(w, bias)),
+                               self.block_frames)
             else:
-                x = self._multi_channel(layer, x, (w, bias))
-            x = F.layer_norm(x, layer.layer_norm.normalized_shape, layer.layer_norm.weight,
-                             layer.layer_norm.bias, layer.layer_norm.eps)  # float32 inside
-            x = _gelu_inplace(x)
+                x = _norm_gelu(layer, self._convolution(layer, x, (w, bias)))
         return x.float().transpose(1, 2)  # [B, C, T] view, as the plain encoder returns it
+
+
+def _norm_gelu(layer, y: torch.Tensor) -> torch.Tensor:
+    """A convolution layer's layer norm (float32 inside) and GELU (in place) over
+    ``[B, T, C]`` rows."""
+    norm = layer.layer_norm
+    return _gelu_inplace(F.layer_norm(y, norm.normalized_shape, norm.weight, norm.bias,
+                                      norm.eps))
+
+
+def _in_blocks(layer, rows: torch.Tensor, product, block: int) -> torch.Tensor:
+    """``_norm_gelu(layer, product(rows))`` computed ``block`` output frames at a time
+    (each block's output normalised while it is in cache), into one ``[B, T', C']`` tensor.
+    Rows are independent in all three steps (on the full-size encoder the output was the
+    same bit for bit as in one piece)."""
+    n = rows.shape[1]
+    first = _norm_gelu(layer, product(rows[:, :block]))
+    if n <= block:
+        return first
+    out = first.new_empty(rows.shape[0], n, first.shape[2])
+    out[:, :block] = first
+    for start in range(block, n, block):
+        out[:, start:start + block] = _norm_gelu(layer, product(rows[:, start:start + block]))
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def frame_products_faster() -> bool:
+    """Whether this CPU runs the feature encoder's multi-channel float32 convolutions
+    faster as oneDNN products over their frames than as oneDNN's convolution: where
+    PyTorch dispatches AVX-512 kernels (measured on an AVX-512 AMD EPYC: the feature
+    encoder 0.75× the time; benchmarks/RESULTS.md), not on AVX2 (measured slower on an AVX2
+    EPYC). Decided by the instruction set, not timed at run time, so that a machine always
+    computes the same numbers."""
+    return onednn_available() and torch.backends.cpu.get_cpu_capability() == "AVX512"
+
+
+def frame_weight(conv: torch.nn.Conv1d) -> torch.Tensor:
+    """A strided convolution's weight as the ``[out, kernel * in]`` matrix that multiplies
+    :func:`frames` of its input.
+
+    >>> conv = torch.nn.Conv1d(2, 4, kernel_size=3, stride=2)
+    >>> x = torch.randn(1, 9, 2)  # [B, T, C]
+    >>> y = frames(x, 3, 2) @ frame_weight(conv).T + conv.bias
+    >>> bool(torch.allclose(y, conv(x.transpose(1, 2)).transpose(1, 2), atol=1e-6))
+    True
+    """
+    out_c, in_c, k = conv.weight.shape
+    return conv.weight.detach().permute(0, 2, 1).reshape(out_c, k * in_c)
 
 
 def frames(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
@@ -264,7 +355,5 @@ def plain_torch_modules(module: torch.nn.Module) -> torch.nn.Module:
     """Every CPU speed module of ``module`` back to the plain wav2vec2 and torch classes
     (channels-last modules and oneDNN Linear layers), in place: before ONNX export or
     ``torch.ao.quantization.quantize_dynamic``, which match exact classes."""
-    from agegender_sb.backends.fast_linear import use_onednn_linear
-
     use_fast_cpu_modules(module, enabled=False)
     return use_onednn_linear(module, enabled=False)

@@ -32,7 +32,7 @@ from agegender_sb.backends.cpu_speed import (
     FastFeedForward,
     FastPositionalConv,
     cached,
-    frames,
+    frame_weight,
     inference_fp32_cpu,
     use_fast_cpu_modules,
 )
@@ -115,13 +115,6 @@ def _pack(weight: torch.Tensor, bias: torch.Tensor | None):
     layout, and its bias in bfloat16."""
     w = torch.ops.mkldnn._reorder_linear_weight(weight.detach().bfloat16())
     return w, None if bias is None else bias.detach().bfloat16()
-
-
-def _frame_weight(conv: torch.nn.Conv1d) -> torch.Tensor:
-    """A strided convolution's weight as the ``[out, kernel * in]`` matrix that multiplies
-    :func:`~agegender_sb.backends.cpu_speed.frames` of its input."""
-    out_c, in_c, k = conv.weight.shape
-    return conv.weight.detach().permute(0, 2, 1).reshape(out_c, k * in_c)
 
 
 def _bf16_linear(x: torch.Tensor, packed, post_op: str = "none") -> torch.Tensor:
@@ -238,12 +231,14 @@ class BF16FeatureEncoder(FastFeatureEncoder):
     packed once), and the activations between them in bfloat16 (layer norms compute in
     float32; the one-channel first convolution stays float32)."""
 
-    def _multi_channel_weights(self, conv: torch.nn.Conv1d):
-        return _pack(_frame_weight(conv), conv.bias)
+    frame_products = True
+    frames_dtype = torch.bfloat16
 
-    def _multi_channel(self, layer, x: torch.Tensor, weights) -> torch.Tensor:
-        conv = layer.conv
-        return _bf16_linear(frames(x.bfloat16(), conv.kernel_size[0], conv.stride[0]), weights)
+    def _frames_weights(self, conv: torch.nn.Conv1d):
+        return _pack(frame_weight(conv), conv.bias)
+
+    def _frames_product(self, rows: torch.Tensor, weights) -> torch.Tensor:
+        return _bf16_linear(rows, weights)
 
 
 class BF16PositionalConv(FastPositionalConv):
@@ -363,7 +358,7 @@ def _quantize_cnn(encoder: FastFeatureEncoder) -> None:
         conv = layer.conv
         if conv.in_channels == 1:
             continue  # the first convolution: tiny, memory-bound
-        weight = _frame_weight(conv)
+        weight = frame_weight(conv)
         lin = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=conv.bias is not None)
         with torch.no_grad():
             lin.weight.copy_(weight)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import torch
 from reference import card_process
@@ -12,6 +16,7 @@ from agegender_sb.backends.cpu_speed import (
     FastFeatureEncoder,
     FastFeedForward,
     FastPositionalConv,
+    frame_products_faster,
     plain_torch_modules,
     use_fast_cpu_modules,
 )
@@ -96,3 +101,67 @@ def test_classifier_matches_the_model_card(tiny_card, tiny_checkpoint):
         assert abs(float(pred.age_raw[0]) - float(ref["age"])) < 1e-5
         assert (pred.embedding[0] - ref["embedding"]).abs().max() < 1e-5
         assert (pred.gender_probs[0] - ref["gender_probs"]).abs().max() < 1e-5
+
+
+def _ops(module, x) -> list[str]:
+    """The names of the operators ``module(x)`` calls, in order."""
+    with torch.inference_mode(), torch.profiler.profile() as prof:
+        module(x)
+    return [e.name for e in prof.events()]
+
+
+def test_the_feature_encoder_as_products_over_frames_or_as_convolutions():
+    fast, plain = encoder_pair()
+    wavs, _ = padded_batch()
+    enc = fast.model.feature_extractor
+    with torch.inference_mode():
+        ref = plain.model.feature_extractor(wavs)
+        outs = {}
+        for choice in (True, False, True):  # switched on the same instance, after a first call
+            enc.frame_products = choice
+            outs[choice] = enc(wavs)
+            ops = _ops(enc, wavs)
+            convolutions = sum(name == "aten::conv2d" for name in ops)
+            assert convolutions == (0 if choice else 6), (choice, convolutions)
+            assert (outs[choice] - ref).abs().max() < 1e-5
+    assert (outs[True] - outs[False]).abs().max() < 1e-5
+
+
+def test_each_layer_is_normalised_block_by_block():
+    fast, plain = encoder_pair()
+    wavs, _ = padded_batch()  # 12000 samples: 2399 frames after the first layer, 1199, 599...
+    enc = fast.model.feature_extractor
+    enc.frame_products = True
+    n = [2399, 1199, 599, 299, 149, 74, 37]  # frames after each layer
+    with torch.inference_mode():
+        ref = plain.model.feature_extractor(wavs)
+        whole = enc(wavs)
+        for first, block in ((256, 1024), (100, 50), (7, 3)):
+            enc.first_block_frames, enc.block_frames = first, block
+            ops = _ops(enc, wavs)
+            norms = sum(name == "aten::layer_norm" for name in ops)
+            assert norms == -(-n[0] // first) + sum(-(-t // block) for t in n[1:]), (first, block)
+            out = enc(wavs)
+            assert (out - whole).abs().max() < 1e-6
+            assert (out - ref).abs().max() < 1e-5
+
+
+def test_products_over_frames_by_default_only_where_pytorch_runs_avx512():
+    code = ("import torch\nfrom agegender_sb.backends.cpu_speed import frame_products_faster\n"
+            "print(torch.backends.cpu.get_cpu_capability(), frame_products_faster())")
+
+    def run(capability):
+        env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True).stdout.split()
+        return out[0], out[1] == "True"
+
+    assert run("avx2") == ("AVX2", False)
+    capability, chosen = run("avx512")  # falls back to AVX2 on a CPU without AVX-512
+    assert chosen == (capability == "AVX512")
+    fast, _ = encoder_pair()
+    enc = fast.model.feature_extractor
+    assert enc.frame_products is None
+    wavs, _ = padded_batch()
+    convolutions = sum(name == "aten::conv2d" for name in _ops(enc, wavs))
+    assert convolutions == (0 if frame_products_faster() else 6)
