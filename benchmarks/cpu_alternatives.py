@@ -119,7 +119,7 @@ def groups():
     wcl = wk.unsqueeze(2).contiguous(memory_format=torch.channels_last)
     wfr = mk._reorder_linear_weight(wk.permute(0, 2, 1).reshape(512, 3 * 512).contiguous())
 
-    def conv_channels_last():  # FastFeatureEncoder._multi_channel
+    def conv_channels_last():  # FastFeatureEncoder._convolution
         y = F.conv2d(h1.transpose(1, 2).unsqueeze(2), wcl, bk, stride=(1, 2))
         return y.squeeze(2).transpose(1, 2).contiguous()
 
