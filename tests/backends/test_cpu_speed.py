@@ -156,7 +156,8 @@ def test_products_over_frames_by_default_only_where_pytorch_runs_avx512():
                              text=True, check=True).stdout.split()
         return out[0], out[1] == "True"
 
-    assert run("avx2") == ("AVX2", False)
+    capability, chosen = run("avx2")  # at most AVX2 kernels (fewer on a CPU without them)
+    assert capability != "AVX512" and not chosen
     capability, chosen = run("avx512")  # falls back to AVX2 on a CPU without AVX-512
     assert chosen == (capability == "AVX512")
     fast, _ = encoder_pair()
