@@ -37,7 +37,7 @@ from hyperpyyaml.core import recursive_update
 from speechbrain.core import INTRA_EPOCH_CKPT_FLAG
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from agegender_sb.batch.distributed import Distributed
+from agegender_sb.batch.distributed import Distributed, exit_rank
 from agegender_sb.loading.checkpoint import CheckpointError, fingerprint
 from agegender_sb.loading.config import plain_values, setting_fields
 from agegender_sb.loading.folders import save_model_folder
@@ -406,10 +406,8 @@ def main(argv=None) -> None:
             brain.calibration.save(cal_path)
         logger.info("best checkpoint (%s) exported to %s%s", key, path,
                     " with its calibration" if brain.calibration is not None else "")
-    # Every rank waits for the export, then leaves the process group cleanly (a rank that
-    # exits while others still talk to it aborts, and torchrun reports the run as failed).
+    # Every rank waits here for the export; the caller then ends the rank (exit_rank).
     dist.barrier()
-    dist.close()
 
 
 if __name__ == "__main__":
@@ -418,3 +416,5 @@ if __name__ == "__main__":
     except (CheckpointError, ValueError, OSError) as err:  # AudioError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
+    if Distributed().active:  # past the final barrier: leave without gloo's teardown, which
+        exit_rank(0)  # can abort a rank whose work is complete (torchrun: run failed)

@@ -112,8 +112,10 @@ def exit_rank(status: int) -> None:
     exception") and turns a complete run into a failure; once every rank has passed a final
     barrier with everything written, leaving with ``os._exit`` avoids that teardown.
     """
+    import logging
     import sys
 
+    logging.shutdown()  # flush and close log files (SpeechBrain's log.txt among them)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
