@@ -124,19 +124,29 @@ class FastFeatureEncoder(w2v.Wav2Vec2FeatureEncoder):
             return frame_products_faster()
         return bool(chosen) and onednn_available()
 
+    def _layout(self) -> tuple:
+        """How the convolutions run: products over frames or not, and which layers have an
+        int8 twin (fast path ``int8-cnn``), whose float32 weights then go unused."""
+        return (self._use_frame_products(),
+                tuple(getattr(layer, "int8_frames", None) is not None
+                      for layer in self.conv_layers))
+
     def _weights(self):
-        as_frames = self._use_frame_products()
+        layout = self._layout()
+        as_frames, int8 = layout
         out = []
         for i, layer in enumerate(self.conv_layers):
             w, b = layer.conv.weight.detach(), layer.conv.bias  # [out, in, kernel]
             if i == 0 and w.shape[1] == 1:  # [out, kernel]: a Linear over frames
                 out.append((w[:, 0, :].contiguous(), b))
+            elif int8[i]:
+                out.append((None, None))  # the int8 twin computes this layer
             elif as_frames:
                 out.append(self._frames_weights(layer.conv))
             else:
                 w = w.unsqueeze(2).contiguous(memory_format=torch.channels_last)
                 out.append((w, b))  # [out, in, 1, kernel] channels-last, for oneDNN
-        return as_frames, out
+        return layout, out
 
     def _frames_weights(self, conv: torch.nn.Conv1d):
         """A multi-channel convolution's weights as :meth:`_frames_product` takes them:
@@ -161,10 +171,11 @@ class FastFeatureEncoder(w2v.Wav2Vec2FeatureEncoder):
         if (torch.compiler.is_compiling()  # inductor lowers the plain layers itself
                 or not (self.supported() and inference_fp32_cpu(input_values, self))):
             return super().forward(input_values)
-        as_frames, weights = cached(self, self._weights)
-        if as_frames != self._use_frame_products():  # frame_products changed since
+        layout, weights = cached(self, self._weights)
+        if layout != self._layout():  # frame_products or int8 twins changed since
             _CACHE.pop(self, None)
-            as_frames, weights = cached(self, self._weights)
+            layout, weights = cached(self, self._weights)
+        as_frames = layout[0]
         x = input_values
         for i, (layer, (w, bias)) in enumerate(zip(self.conv_layers, weights)):
             k, stride = layer.conv.kernel_size[0], layer.conv.stride[0]

@@ -10,7 +10,7 @@ import torch
 from tiny_encoders import encoder_pair, padded_batch
 
 from agegender_sb import AgeGenderClassifier
-from agegender_sb.backends.cpu_speed import FastFeatureEncoder, plain_torch_modules
+from agegender_sb.backends.cpu_speed import FastFeatureEncoder, cached, plain_torch_modules
 from agegender_sb.backends.fast_linear import OneDNNLinear, onednn_available
 from agegender_sb.backends.fast_paths import (
     BF16Attention,
@@ -271,6 +271,9 @@ def test_fast_path_rejects_bad_requests():
 def test_int8_cnn_quantises_the_strided_convolutions():
     fast, plain = encoder_pair(conv_dim=[64] * 7)
     n_keys = len(fast.state_dict())
+    wavs, lens = padded_batch()
+    with torch.inference_mode():
+        fast.model.feature_extractor(wavs)  # a float32 pass first: its weights are cached
     enable_fast_path(fast, "int8-cnn")
     layers = fast.model.feature_extractor.conv_layers
     assert "int8_frames" not in layers[0].__dict__  # the 1-channel first convolution stays
@@ -279,9 +282,12 @@ def test_int8_cnn_quantises_the_strided_convolutions():
     other = encoder_pair(conv_dim=[64] * 7)[0]
     enable_fast_path(other, "int8")
     assert len(fast.state_dict()) == len(other.state_dict()) != n_keys  # no extra tensors
-    wavs, lens = padded_batch()
     with torch.inference_mode():
         ref = plain.model.feature_extractor(wavs)
         out = fast.model.feature_extractor(wavs)
     # int8 rounding moves it by a few per cent; a wrong frame/weight order by about 100 %
     assert 0 < (out - ref).norm() < 0.1 * ref.norm()
+    # the float32 weights the int8 twins replace are no longer held (only the first layer's)
+    _, weights = cached(fast.model.feature_extractor, None)  # what the pass cached
+    assert weights[0][0] is not None
+    assert all(w is None and b is None for w, b in weights[1:])
