@@ -27,6 +27,11 @@ Usage::
 
     python benchmarks/profile_ops.py --seconds 6 --threads 1 --output ops.md
     python benchmarks/profile_ops.py --paths reference "package fp32" --repeats 5
+    python benchmarks/profile_ops.py --audio speech.wav --paths "package fp32"  # real speech
+
+The signal is 0.1-scaled Gaussian noise of ``--seconds``, or, with ``--audio FILE``, that
+file's first ``--seconds`` (read with soundfile, 16 kHz mono; the time a pass takes does not
+depend on what the signal holds, which a real utterance shows).
 """
 
 from __future__ import annotations
@@ -142,11 +147,31 @@ def gemm_rates(frames: int, hidden: int = 1024, inner: int = 4096, repeats: int 
     return rates
 
 
+def read_signal(audio: str | None, seconds: float) -> np.ndarray:
+    """``seconds`` of 0.1-scaled Gaussian noise, or ``audio``'s first ``seconds`` (a 16 kHz
+    mono file; an error names the file where it is not, or is shorter)."""
+    n = int(seconds * 16000)
+    if audio is None:
+        return (0.1 * np.random.default_rng(0).standard_normal(n)).astype(np.float32)
+    import soundfile as sf
+
+    signal, rate = sf.read(audio, dtype="float32", always_2d=True)
+    if rate != 16000 or signal.shape[1] != 1:
+        raise SystemExit(f"error: {audio}: {rate} Hz, {signal.shape[1]} channel(s); "
+                         "profile_ops.py takes 16 kHz mono")
+    if len(signal) < n:
+        raise SystemExit(f"error: {audio}: {len(signal) / rate:g} s, shorter than "
+                         f"--seconds {seconds:g}")
+    return np.ascontiguousarray(signal[:n, 0])
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", help="audEERING-layout folder (default: random 24-layer)")
     parser.add_argument("--workdir")
     parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--audio", help="a 16 kHz mono file: its first --seconds instead of "
+                                        "noise")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output")
@@ -187,8 +212,7 @@ def main(argv=None) -> None:
     fast = {kind: enable_fast_path(
         AgeGenderClassifier.from_hparams(source=args.checkpoint).mods.model.eval(), kind)
         for kind in ("bf16", "int8", "int8-cnn") if f"package {kind}" in args.paths}
-    rng = np.random.default_rng(0)
-    signal = (0.1 * rng.standard_normal(int(args.seconds * 16000))).astype(np.float32)
+    signal = read_signal(args.audio, args.seconds)
     y = torch.from_numpy(np.asarray(fe(signal, sampling_rate=16000)["input_values"][0],
                                     dtype=np.float32)).reshape(1, -1)
     x = torch.from_numpy(signal).reshape(1, -1)
@@ -234,7 +258,9 @@ def main(argv=None) -> None:
     names = list(runs)
     med = {n: {k: float(np.median(v)) for k, v in parts[n].items()} for n in names}
     tot = {n: float(np.median(totals[n])) for n in names}
-    lines = [f"One {args.seconds:g} s utterance, {args.threads} thread(s), checkpoint "
+    source = f"of {Path(args.audio).name}" if args.audio else "of noise"
+    lines = [f"One {len(signal) / 16000:g} s utterance ({source}), {args.threads} thread(s), "
+             "checkpoint "
              f"{Path(args.checkpoint).name}; median of {args.repeats} profiled passes "
              "(ms, inclusive; share of the pass).", "",
              "| part | " + " | ".join(names) + " |",
