@@ -175,7 +175,7 @@ class FastFeatureEncoder(w2v.Wav2Vec2FeatureEncoder):
         if layout != self._layout():  # frame_products or int8 twins changed since
             _CACHE.pop(self, None)
             layout, weights = cached(self, self._weights)
-        as_frames = layout[0]
+        as_frames, int8 = layout
         x = input_values
         for i, (layer, (w, bias)) in enumerate(zip(self.conv_layers, weights)):
             k, stride = layer.conv.kernel_size[0], layer.conv.stride[0]
@@ -183,7 +183,7 @@ class FastFeatureEncoder(w2v.Wav2Vec2FeatureEncoder):
                 x = _in_blocks(layer, frames(x.contiguous().unsqueeze(-1), k, stride),
                                functools.partial(F.linear, weight=w, bias=bias),
                                self.first_block_frames)
-            elif getattr(layer, "int8_frames", None) is not None:  # fast path int8-cnn
+            elif int8[i]:  # fast path int8-cnn
                 x = _norm_gelu(layer, layer.int8_frames(frames(x, k, stride)))
             elif as_frames:
                 x = _in_blocks(layer, frames(x.to(self.frames_dtype), k, stride),
