@@ -79,7 +79,9 @@ class FastFeatureEncoder(w2v.Wav2Vec2FeatureEncoder):
     signal. The others are products over the overlapping frames they read, or oneDNN's
     channels-last convolution, by :attr:`frame_products` (by default what this CPU runs
     faster, :func:`frame_products_faster`). Each layer's layer norm and GELU run on blocks
-    of its output frames while they are in cache. The products over frames go through
+    of its output frames while they are in cache; where the second layer runs as products
+    over frames, it computes the first layer's frames a block at a time as it reads them
+    (the first layer's output, the largest, is never written whole). The products over frames go through
     :meth:`_frames_weights` and :meth:`_frames_product`, which the opt-in bf16 fast path
     (:mod:`agegender_sb.backends.fast_paths`) overrides; layer norms compute in float32
     either way, and the output is float32. Under ``torch.compile`` it traces as the plain
@@ -99,7 +101,8 @@ class FastFeatureEncoder(w2v.Wav2Vec2FeatureEncoder):
     """
 
     #: output frames per block: each block's layer norm and GELU run while its product's
-    #: output is still in cache (the first layer's and the products' over frames)
+    #: output is still in cache (the first layer's, where it is computed on its own, and
+    #: the products' over frames)
     first_block_frames = 256
     block_frames = 1024
     #: the multi-channel convolutions as products over frames (True), as oneDNN's
@@ -176,19 +179,26 @@ class FastFeatureEncoder(w2v.Wav2Vec2FeatureEncoder):
             _CACHE.pop(self, None)
             layout, weights = cached(self, self._weights)
         as_frames, int8 = layout
-        x = input_values
+        # the first layer's frames are computed where the second layer reads them, a block at
+        # a time, when the second runs as products over frames: its output never exists whole
+        stream_first = as_frames and len(self.conv_layers) > 1 and not int8[1]
+        x, pending = input_values, None
         for i, (layer, (w, bias)) in enumerate(zip(self.conv_layers, weights)):
             k, stride = layer.conv.kernel_size[0], layer.conv.stride[0]
             if i == 0 and layer.conv.in_channels == 1:  # [B, T] → [B, T', k] frames (a view)
-                x = _in_blocks(layer, frames(x.contiguous().unsqueeze(-1), k, stride),
-                               functools.partial(F.linear, weight=w, bias=bias),
-                               self.first_block_frames)
+                linear = functools.partial(F.linear, weight=w, bias=bias)
+                pending = _Rows.of(frames(x.contiguous().unsqueeze(-1), k, stride)).then(
+                    functools.partial(_layer, layer, linear))
+                if not stream_first:
+                    x, pending = pending.compute(self.first_block_frames), None
             elif int8[i]:  # fast path int8-cnn
                 x = _norm_gelu(layer, layer.int8_frames(frames(x, k, stride)))
             elif as_frames:
-                x = _in_blocks(layer, frames(x.to(self.frames_dtype), k, stride),
-                               functools.partial(self._frames_product, weights=(w, bias)),
-                               self.block_frames)
+                source = (_Rows.of(frames(x.to(self.frames_dtype), k, stride)) if pending is None
+                          else pending.framed(k, stride, self.frames_dtype))
+                product = functools.partial(self._frames_product, weights=(w, bias))
+                x, pending = source.then(functools.partial(_layer, layer, product)).compute(
+                    self.block_frames), None
             else:
                 x = _norm_gelu(layer, self._convolution(layer, x, (w, bias)))
         return x.float().transpose(1, 2)  # [B, C, T] view, as the plain encoder returns it
@@ -202,20 +212,54 @@ def _norm_gelu(layer, y: torch.Tensor) -> torch.Tensor:
                                       norm.eps))
 
 
-def _in_blocks(layer, rows: torch.Tensor, product, block: int) -> torch.Tensor:
-    """``_norm_gelu(layer, product(rows))`` computed ``block`` output frames at a time
-    (each block's output normalised while it is in cache), into one ``[B, T', C']`` tensor.
-    Rows are independent in all three steps (on the full-size encoder the output was the
-    same bit for bit as in one piece)."""
-    n = rows.shape[1]
-    first = _norm_gelu(layer, product(rows[:, :block]))
-    if n <= block:
-        return first
-    out = first.new_empty(rows.shape[0], n, first.shape[2])
-    out[:, :block] = first
-    for start in range(block, n, block):
-        out[:, start:start + block] = _norm_gelu(layer, product(rows[:, start:start + block]))
-    return out
+def _layer(layer, product, rows: torch.Tensor) -> torch.Tensor:
+    """One convolution layer on some of its frames: ``product`` over ``rows`` (the frames it
+    reads), then the layer norm and GELU."""
+    return _norm_gelu(layer, product(rows))
+
+
+class _Rows:
+    """``n`` frames of a layer, which ``rows(a, b)`` gives (``[B, b - a, C]``) for any range:
+    all of them computed in blocks into one tensor (:meth:`compute`), or only those the next
+    layer's frames read, a block at a time (:meth:`framed`), so that a layer's output need
+    not exist whole. Frames are independent in every step: the results are the same bit for
+    bit whichever blocks compute them (measured on the full-size encoder, float32 and
+    bfloat16, batches of one and two)."""
+
+    def __init__(self, n: int, rows):
+        self.n, self.rows = n, rows
+
+    @classmethod
+    def of(cls, x: torch.Tensor) -> _Rows:
+        """The frames of a ``[B, n, C]`` tensor (or view)."""
+        return cls(x.shape[1], lambda a, b: x[:, a:b])
+
+    def then(self, step) -> _Rows:
+        """``step`` applied to each range of these frames (frame by frame)."""
+        return _Rows(self.n, lambda a, b: step(self.rows(a, b)))
+
+    def compute(self, block: int) -> torch.Tensor:
+        """All ``n`` frames, ``block`` at a time (each block's layer norm and GELU while
+        its product's output is in cache), into one ``[B, n, C]`` tensor."""
+        first = self.rows(0, min(block, self.n))
+        if self.n <= block:
+            return first
+        out = first.new_empty(first.shape[0], self.n, first.shape[2])
+        out[:, :block] = first
+        for start in range(block, self.n, block):
+            out[:, start:start + block] = self.rows(start, min(start + block, self.n))
+        return out
+
+    def framed(self, kernel: int, stride: int, dtype: torch.dtype) -> _Rows:
+        """The overlapping frames a strided convolution reads of these frames (as
+        :func:`frames`, in ``dtype``), each range computing only the frames it reads (one
+        more than its share where ``kernel > stride``). The feature encoder's first layer
+        then never writes its 39 MB output (6 s, 512 channels, float32) to be read back:
+        10-20 ms less per 6 s pass on an AVX-512 EPYC (benchmarks/RESULTS.md)."""
+        def rows(a: int, b: int) -> torch.Tensor:
+            return frames(self.rows(stride * a, stride * (b - 1) + kernel).to(dtype),
+                          kernel, stride)
+        return _Rows((self.n - kernel) // stride + 1, rows)
 
 
 @functools.lru_cache(maxsize=1)

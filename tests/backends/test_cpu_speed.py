@@ -131,19 +131,28 @@ def test_each_layer_is_normalised_block_by_block():
     fast, plain = encoder_pair()
     wavs, _ = padded_batch()  # 12000 samples: 2399 frames after the first layer, 1199, 599...
     enc = fast.model.feature_extractor
-    enc.frame_products = True
     n = [2399, 1199, 599, 299, 149, 74, 37]  # frames after each layer
+
+    def blocks(t, size):
+        return -(-t // size)
+
     with torch.inference_mode():
         ref = plain.model.feature_extractor(wavs)
-        whole = enc(wavs)
-        for first, block in ((256, 1024), (100, 50), (7, 3)):
-            enc.first_block_frames, enc.block_frames = first, block
-            ops = _ops(enc, wavs)
-            norms = sum(name == "aten::layer_norm" for name in ops)
-            assert norms == -(-n[0] // first) + sum(-(-t // block) for t in n[1:]), (first, block)
-            out = enc(wavs)
-            assert (out - whole).abs().max() < 1e-6
-            assert (out - ref).abs().max() < 1e-5
+        for products in (True, False):
+            enc.frame_products = products
+            enc.first_block_frames, enc.block_frames = 256, 1024
+            whole = enc(wavs)
+            for first, block in ((256, 1024), (100, 50), (7, 3)):
+                enc.first_block_frames, enc.block_frames = first, block
+                norms = sum(name == "aten::layer_norm" for name in _ops(enc, wavs))
+                if products:  # the first layer's frames computed where the second reads them
+                    expected = 2 * blocks(n[1], block) + sum(blocks(t, block) for t in n[2:])
+                else:  # the first layer in blocks of its own, the convolutions whole
+                    expected = blocks(n[0], first) + len(n) - 1
+                assert norms == expected, (products, first, block, norms)
+                out = enc(wavs)
+                assert (out - whole).abs().max() < 1e-6
+                assert (out - ref).abs().max() < 1e-5
 
 
 def test_products_over_frames_by_default_only_where_pytorch_runs_avx512():
