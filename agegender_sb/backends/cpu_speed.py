@@ -81,11 +81,11 @@ class FastFeatureEncoder(w2v.Wav2Vec2FeatureEncoder):
     faster, :func:`frame_products_faster`). Each layer's layer norm and GELU run on blocks
     of its output frames while they are in cache; where the second layer runs as products
     over frames, it computes the first layer's frames a block at a time as it reads them
-    (the first layer's output, the largest, is never written whole). The products over frames go through
-    :meth:`_frames_weights` and :meth:`_frames_product`, which the opt-in bf16 fast path
-    (:mod:`agegender_sb.backends.fast_paths`) overrides; layer norms compute in float32
-    either way, and the output is float32. Under ``torch.compile`` it traces as the plain
-    encoder.
+    (the first layer's output, the largest, is never written whole). The products over
+    frames go through :meth:`_frames_weights` and :meth:`_frames_product`, which the
+    opt-in bf16 fast path (:mod:`agegender_sb.backends.fast_paths`) overrides; layer norms
+    compute in float32 either way, and the output is float32. Under ``torch.compile`` it
+    traces as the plain encoder.
 
     Example
     -------
