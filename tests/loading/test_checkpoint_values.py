@@ -81,3 +81,20 @@ def test_info_on_a_corrupt_safetensors_is_one_line(tmp_path, damage, capsys):
     assert main(["info", str(folder)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "model.safetensors" in err, err
+
+
+def _huge(t):  # finite, but their float32 sum overflows to infinity
+    return t.fill_(3e38)
+
+
+def test_finite_values_whose_sum_overflows_load(tmp_path):
+    folder = _poisoned(tmp_path / "huge", _huge)
+    clf = AgeGenderClassifier.from_hparams(source=str(folder))
+    weight = dict(clf.mods.model.encoder.named_parameters())[f"model.encoder.{LAYER}"]
+    assert bool((weight.detach().to_dense() == 3e38).all())
+
+
+def test_a_nan_among_huge_values_is_counted(tmp_path):
+    folder = _poisoned(tmp_path / "huge-nan", lambda t: _nan(_huge(t)))
+    with pytest.raises(CheckpointError, match=rf"\.{LAYER} holds 1 NaN or infinite value"):
+        AgeGenderClassifier.from_hparams(source=str(folder))
