@@ -409,15 +409,24 @@ def load_model(src: ModelSource, overrides: dict | None = None) -> dict:
     """
     from hyperpyyaml import load_hyperpyyaml
 
+    from agegender_sb.model.encoder import weights_loaded_next
+
     if src.kind == "wav2vec2":
         raise CheckpointError(f"{src.source}: a plain wav2vec2 checkpoint without age/gender "
                               "heads (id2label); fine-tune it with recipes/train.py first")
     if src.trusted:  # the folder's own YAML, with version 0.2's tags mapped to today's names
         text = upgrade_tags(Path(src.files["hyperparams"]).read_text(encoding="utf-8"))
-        hparams = load_hyperpyyaml(text, overrides or {})
+        overrides = overrides or {}
     else:
         text = packaged_hparams_path().read_text(encoding="utf-8")
-        hparams = load_hyperpyyaml(text, _merge(src.hparams, overrides or {}))
+        overrides = _merge(src.hparams, overrides or {})
+    with weights_loaded_next() as built:  # every encoder tensor is loaded strictly below
+        hparams = load_hyperpyyaml(text, overrides)
+    unfilled = [e for e in built if e is not hparams.get("encoder")]
+    if unfilled:  # its weights allocated, never filled: refuse rather than compute with them
+        raise CheckpointError(f"{src.source}: its hyperparameters build {len(unfilled)} "
+                              "wav2vec2 encoder(s) besides `encoder`, which no weights "
+                              "file fills")
     load_weights(src, hparams)
     hparams.update(source_kind=src.kind, config=src.config)
     return hparams

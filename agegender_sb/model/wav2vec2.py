@@ -213,6 +213,8 @@ class Wav2Vec2PositionalConvEmbedding(nn.Module):
                          kernel_size=config.num_conv_pos_embeddings,
                          padding=config.num_conv_pos_embeddings // 2,
                          groups=config.num_conv_pos_embedding_groups)
+        if conv.weight.is_meta:  # a model built to be loaded: a weight norm of no values,
+            conv.to_empty(device="cpu")  # which on the meta device takes a second to trace
         self.conv = nn.utils.parametrizations.weight_norm(conv, name="weight", dim=2)
         self.padding = _SamePad(config.num_conv_pos_embeddings)
         self.activation = ACTIVATIONS[config.feat_extract_activation]()

@@ -51,6 +51,16 @@ def test_trust_remote_code_opts_in(tmp_path, sb_folder):
     assert marker.exists() and clf.labels == ("female", "male", "child")
 
 
+def test_a_trusted_folder_that_builds_an_encoder_no_file_fills_is_refused(sb_folder):
+    """The loader builds encoders without drawing their random weights, since it loads them
+    next: one the folder's YAML builds besides ``encoder`` would keep whatever memory held."""
+    hp = sb_folder / "hyperparams.yaml"
+    hp.write_text(hp.read_text() + "\nspare: !new:agegender_sb.model.encoder.Wav2Vec2Encoder"
+                                   "\n    config: !ref <wav2vec2>\n")
+    with pytest.raises(CheckpointError, match="build 1 wav2vec2 encoder.* besides `encoder`"):
+        AgeGenderClassifier.from_hparams(source=str(sb_folder), trust_remote_code=True)
+
+
 def test_foreign_tags_refused_on_a_hub_repo_too(tmp_path, sb_folder):
     """A hub repo (here a pre-filled cache) that gains a code-running hyperparams.yaml."""
     from test_checkpoint import _hub_cache
