@@ -18,7 +18,12 @@ from agegender_sb.audio import relative_to_samples
 from agegender_sb.backends.cpu_speed import use_fast_cpu_modules
 from agegender_sb.backends.fast_linear import use_onednn_linear
 from agegender_sb.errors import SettingsError
-from agegender_sb.model.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model, attention_modules
+from agegender_sb.model.wav2vec2 import (
+    Wav2Vec2Config,
+    Wav2Vec2Model,
+    allocate,
+    attention_modules,
+)
 
 __all__ = ["Wav2Vec2Encoder", "weights_loaded_next"]
 
@@ -106,8 +111,8 @@ class Wav2Vec2Encoder(torch.nn.Module):
         built = _LOADED_NEXT.get()
         if built is not None:  # built without values, then given memory: loaded next
             with torch.device("meta"):
-                self.model = Wav2Vec2Model(self.config)
-            self.model.to_empty(device="cpu")
+                model = Wav2Vec2Model(self.config)
+            self.model = allocate(model)
             built.append(self)
         else:
             self.model = Wav2Vec2Model(self.config)

@@ -24,7 +24,7 @@ from torch import nn
 
 from agegender_sb.errors import SettingsError
 
-__all__ = ["Wav2Vec2Config", "Wav2Vec2Model", "Wav2Vec2FeatureEncoder",
+__all__ = ["Wav2Vec2Config", "Wav2Vec2Model", "Wav2Vec2FeatureEncoder", "allocate",
            "Wav2Vec2ConvLayer", "Wav2Vec2PositionalConvEmbedding", "Wav2Vec2Attention",
            "Wav2Vec2FeedForward", "Wav2Vec2Encoder", "Wav2Vec2EncoderStableLayerNorm",
            "time_mask", "attention_modules", "ACTIVATIONS"]
@@ -198,6 +198,19 @@ class Wav2Vec2FeatureProjection(nn.Module):
         return self.dropout(self.projection(self.layer_norm(hidden_states)))
 
 
+def allocate(module: nn.Module) -> nn.Module:
+    """Give a module built on the meta device uninitialised CPU memory, in place (what
+    ``Module.to_empty(device="cpu")`` does, without ``empty_like`` on meta tensors, whose
+    first call imports torch's symbolic-shape machinery: 0.3 s); returns ``module``.
+
+    >>> with torch.device("meta"):
+    ...     lin = nn.Linear(3, 2)
+    >>> allocate(lin).weight.device, lin.weight.shape
+    (device(type='cpu'), torch.Size([2, 3]))
+    """
+    return module._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device="cpu"))
+
+
 class Wav2Vec2PositionalConvEmbedding(nn.Module):
     """The weight-normed grouped convolution that gives the transformer relative positions.
 
@@ -214,7 +227,7 @@ class Wav2Vec2PositionalConvEmbedding(nn.Module):
                          padding=config.num_conv_pos_embeddings // 2,
                          groups=config.num_conv_pos_embedding_groups)
         if conv.weight.is_meta:  # a model built to be loaded: a weight norm of no values,
-            conv.to_empty(device="cpu")  # which on the meta device takes a second to trace
+            allocate(conv)  # which on the meta device takes a second to trace
         self.conv = nn.utils.parametrizations.weight_norm(conv, name="weight", dim=2)
         self.padding = _SamePad(config.num_conv_pos_embeddings)
         self.activation = ACTIVATIONS[config.feat_extract_activation]()
