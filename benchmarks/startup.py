@@ -7,11 +7,12 @@ Interleaved, in fresh processes, ``--rounds`` times (a busy neighbour slows all 
   (transformers imports a model's code lazily; the package's encoder,
   ``agegender_sb.model.wav2vec2``, no longer imports it: shown for comparison);
 - ``predict``: ``python -m agegender_sb predict ONE.wav --source TINY -o OUT.csv`` with a
-  checkpoint from :func:`agegender_sb.testing.write_checkpoint` (``--size``).
+  checkpoint from :func:`agegender_sb.testing.write_checkpoint` (``--size``), or with the
+  model folder ``--source`` names (e.g. the full-size one: loading then dominates).
 
 Prints each round and the medians; the issue's target: predict within 1.5 s of ``imports``.
 
-    python benchmarks/startup.py [--rounds 5] [--audio FILE] [--size tiny]
+    python benchmarks/startup.py [--rounds 5] [--audio FILE] [--size tiny] [--source DIR]
 """
 
 from __future__ import annotations
@@ -50,10 +51,11 @@ def main() -> None:
                         "else 3 s of a made-up sound, analysed with --vad none: the speech "
                         "detector rightly finds no speech in it)")
     parser.add_argument("--size", default="tiny", choices=("tiny", "small"))
+    parser.add_argument("--source", help="a model folder to load instead of a --size one")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        source = write_checkpoint(tmp / "model", size=args.size)
+        source = args.source or write_checkpoint(tmp / "model", size=args.size)
         audio, extra = args.audio, []
         if not audio:
             t = np.arange(48000) / 16000
