@@ -416,12 +416,12 @@ def load_model(src: ModelSource, overrides: dict | None = None) -> dict:
                               "heads (id2label); fine-tune it with recipes/train.py first")
     if src.trusted:  # the folder's own YAML, with version 0.2's tags mapped to today's names
         text = upgrade_tags(Path(src.files["hyperparams"]).read_text(encoding="utf-8"))
-        overrides = overrides or {}
+        values = overrides or {}
     else:
         text = packaged_hparams_path().read_text(encoding="utf-8")
-        overrides = _merge(src.hparams, overrides or {})
+        values = _merge(src.hparams, overrides or {})
     with weights_loaded_next() as built:  # every encoder tensor is loaded strictly below
-        hparams = load_hyperpyyaml(text, overrides)
+        hparams = load_hyperpyyaml(text, values)
     unfilled = [e for e in built if e is not hparams.get("encoder")]
     if unfilled:  # its weights allocated, never filled: refuse rather than compute with them
         raise CheckpointError(f"{src.source}: its hyperparameters build {len(unfilled)} "
