@@ -255,7 +255,7 @@ class _Rows:
         :func:`frames`, in ``dtype``), each range computing only the frames it reads (one
         more than its share where ``kernel > stride``). The feature encoder's first layer
         then never writes its 39 MB output (6 s, 512 channels, float32) to be read back:
-        10-20 ms less per 6 s pass on an AVX-512 EPYC (benchmarks/RESULTS.md)."""
+        15-23 ms less per 6 s pass on an AVX-512 EPYC (benchmarks/RESULTS.md)."""
         def rows(a: int, b: int) -> torch.Tensor:
             return frames(self.rows(stride * a, stride * (b - 1) + kernel).to(dtype),
                           kernel, stride)
