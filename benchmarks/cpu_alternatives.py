@@ -15,8 +15,10 @@ The default path keeps a candidate only where it is faster here *and* within 1e-
   (oneDNN reorders it on every call), oneDNN's fused GELU post-op, and MKL (``F.linear``);
 - q/k/v projections: three oneDNN Linear (the default) against one over the stacked weights;
 - the CNN's first layer (a product over strided frames, layer norm, GELU): whole against
-  blocks of 256 frames kept in cache (the default since it measured faster on AVX2 and
-  AVX-512 CPUs);
+  blocks of 256 frames kept in cache (the default where the second layer runs as a
+  convolution, on AVX2; where it runs as products over frames, on AVX-512, the first
+  layer's frames are computed in ranges of 2049 as the second reads them, which this
+  script does not time: ``cpu_speed._Rows.framed``, measured in whole passes);
 - the CNN's second layer (kernel 3, stride 2, 512 → 512 channels over 19199 frames): oneDNN's
   channels-last convolution (the default where PyTorch runs AVX2 kernels) against one oneDNN
   product over the overlapping frames (a strided view, or copied contiguous first), with a
