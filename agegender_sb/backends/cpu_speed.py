@@ -56,10 +56,11 @@ def inference_fp32_cpu(x: torch.Tensor, module: torch.nn.Module) -> bool:
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def cached(module: torch.nn.Module, make):
+def cached(module: torch.nn.Module, make, also=()):
     """``make()``'s result, recomputed only when one of ``module``'s parameters changed
-    (in-place updates bump a tensor's version; new tensors change its identity)."""
-    key = tuple((id(p), p._version) for p in module.parameters())
+    (in-place updates bump a tensor's version; new tensors change its identity) or ``also``
+    (anything else ``make`` depends on, compared by equality) differs from the last call's."""
+    key = (tuple((id(p), p._version) for p in module.parameters()), also)
     cache = _CACHE.get(module)
     if cache is None or cache[0] != key:
         with torch.no_grad():
@@ -134,8 +135,7 @@ class FastFeatureEncoder(w2v.Wav2Vec2FeatureEncoder):
                 tuple(getattr(layer, "int8_frames", None) is not None
                       for layer in self.conv_layers))
 
-    def _weights(self):
-        layout = self._layout()
+    def _weights(self, layout: tuple) -> list:
         as_frames, int8 = layout
         out = []
         for i, layer in enumerate(self.conv_layers):
@@ -149,7 +149,7 @@ class FastFeatureEncoder(w2v.Wav2Vec2FeatureEncoder):
             else:
                 w = w.unsqueeze(2).contiguous(memory_format=torch.channels_last)
                 out.append((w, b))  # [out, in, 1, kernel] channels-last, for oneDNN
-        return layout, out
+        return out
 
     def _frames_weights(self, conv: torch.nn.Conv1d):
         """A multi-channel convolution's weights as :meth:`_frames_product` takes them:
@@ -174,10 +174,8 @@ class FastFeatureEncoder(w2v.Wav2Vec2FeatureEncoder):
         if (torch.compiler.is_compiling()  # inductor lowers the plain layers itself
                 or not (self.supported() and inference_fp32_cpu(input_values, self))):
             return super().forward(input_values)
-        layout, weights = cached(self, self._weights)
-        if layout != self._layout():  # frame_products or int8 twins changed since
-            _CACHE.pop(self, None)
-            layout, weights = cached(self, self._weights)
+        layout = self._layout()  # weights derived again where frame_products or int8 twins change
+        weights = cached(self, functools.partial(self._weights, layout), also=layout)
         as_frames, int8 = layout
         # the first layer's frames are computed where the second layer reads them, a block at
         # a time, when the second runs as products over frames: its output never exists whole

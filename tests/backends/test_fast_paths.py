@@ -288,6 +288,7 @@ def test_int8_cnn_quantises_the_strided_convolutions():
     # int8 rounding moves it by a few per cent; a wrong frame/weight order by about 100 %
     assert 0 < (out - ref).norm() < 0.1 * ref.norm()
     # the float32 weights the int8 twins replace are no longer held (only the first layer's)
-    _, weights = cached(fast.model.feature_extractor, None)  # what the pass cached
+    enc = fast.model.feature_extractor
+    weights = cached(enc, None, also=enc._layout())  # what the pass cached
     assert weights[0][0] is not None
     assert all(w is None and b is None for w, b in weights[1:])
